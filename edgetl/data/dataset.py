@@ -1,0 +1,85 @@
+"""In-memory labelled images and deterministic train/val/test splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class LabeledImages:
+    """uint8 images (N, H, W, C) with int64 labels and the class names they index."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise DataError(f"labels must lie in [0, {len(self.classes)}), found {self.labels.min()}..{self.labels.max()}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "LabeledImages":
+        return LabeledImages(self.images[indices], self.labels[indices], self.classes)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {name: int(count) for name, count in zip(self.classes, counts)}
+
+
+@dataclass
+class Splits:
+    train: LabeledImages
+    val: LabeledImages
+    test: LabeledImages
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def stratified_indices(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Up to ``per_class`` indices of each class, chosen by ``seed``; all of them when None."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        chosen.append(idx if per_class is None else idx[:per_class])
+    out = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    rng.shuffle(out)
+    return out
+
+
+def split_stratified(data: LabeledImages, fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """Split off ``fraction`` of every class (at least one item per class when it has two or more)."""
+    rng = np.random.default_rng(seed)
+    held, kept = [], []
+    for cls in range(len(data.classes)):
+        idx = np.flatnonzero(data.labels == cls)
+        rng.shuffle(idx)
+        n_held = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return data.subset(np.sort(np.concatenate(kept))), data.subset(np.sort(np.concatenate(held)))
+
+
+def load_splits(config, preprocess) -> Splits:
+    """Load the recipe's data source, resized by ``preprocess``, and split it deterministically."""
+    from .sources import get_source
+
+    return get_source(config.source)(config, preprocess)

@@ -1,0 +1,161 @@
+"""Data sources, registered by name: ``fashion-mnist`` (IDX files) and ``folder`` (one sub-folder per class)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DataError, RecipeError
+from .dataset import LabeledImages, Splits, split_stratified, stratified_indices
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+_SOURCES: dict[str, Callable] = {}
+
+
+def register_source(name: str):
+    def wrap(fn):
+        _SOURCES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_source(name: str) -> Callable:
+    try:
+        return _SOURCES[name]
+    except KeyError:
+        raise RecipeError(f"data.source: unknown source {name!r}; choose one of {sorted(_SOURCES)}") from None
+
+
+# -- Fashion-MNIST ------------------------------------------------------------------------
+
+
+def find_fashion_mnist(path: str | os.PathLike | None = None) -> Path:
+    """The folder holding the four IDX files: ``path``, $EDGETL_FASHION_MNIST, or Debian's location."""
+    candidates = [Path(p) for p in (path, os.environ.get("EDGETL_FASHION_MNIST")) if p] or [
+        Path(p) for p in FASHION_MNIST_DIRS
+    ]
+    for folder in candidates:
+        if _idx_file(folder, "train-images-idx3-ubyte") is not None:
+            return folder
+    raise DataError(
+        f"Fashion-MNIST IDX files not found in {', '.join(map(str, candidates))}; "
+        "install them with `apt-get install dataset-fashion-mnist` or set data.path to a folder holding "
+        "train-images-idx3-ubyte(.gz) and its three siblings"
+    )
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}; the file may be truncated, reinstall it") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path} holds {data.size} values but its header says {shape}; the file is truncated")
+    return data.reshape(shape)
+
+
+def read_fashion_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    files = {kind: _idx_file(folder, f"{prefix}-{kind}-idx{dim}-ubyte") for kind, dim in (("images", 3), ("labels", 1))}
+    for kind, file in files.items():
+        if file is None:
+            raise DataError(f"{folder} lacks {prefix}-{kind} IDX file; reinstall dataset-fashion-mnist")
+    images, labels = read_idx(files["images"]), read_idx(files["labels"])
+    if len(images) != len(labels):
+        raise DataError(f"{folder}: {len(images)} {prefix} images but {len(labels)} labels")
+    return images, labels.astype(np.int64)
+
+
+@register_source("fashion-mnist")
+def fashion_mnist_splits(config, preprocess) -> Splits:
+    """Train/val from the official training set (stratified subset), test from the official test set."""
+    folder = find_fashion_mnist(config.path or None)
+    train_images, train_labels = read_fashion_mnist(folder, "train")
+    test_images, test_labels = read_fashion_mnist(folder, "test")
+    per_class = config.train_per_class + config.val_per_class if config.train_per_class else None
+    pool = stratified_indices(train_labels, per_class, config.seed)
+    train_val = _resized(train_images[pool], train_labels[pool], preprocess)
+    train, val = split_stratified(train_val, _val_fraction(config, per_class), config.seed)
+    test_idx = stratified_indices(test_labels, config.test_per_class or None, config.seed)
+    test = _resized(test_images[np.sort(test_idx)], test_labels[np.sort(test_idx)], preprocess)
+    return Splits(train, val, test)
+
+
+def _val_fraction(config, per_class: int | None) -> float:
+    if per_class:
+        return config.val_per_class / per_class
+    return config.val_fraction
+
+
+def _resized(images: np.ndarray, labels: np.ndarray, preprocess) -> LabeledImages:
+    return LabeledImages(np.stack([preprocess.resize(img) for img in images]), labels, list(FASHION_MNIST_CLASSES))
+
+
+# -- image folders --------------------------------------------------------------------------
+
+
+def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Files and labels of an image-folder dataset: ``root/<class>/<image>``, classes sorted by name."""
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}; expected one sub-folder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class sub-folder(s); an image folder needs at least 2")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise DataError(f"class folder {root / name} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += found
+        labels += [label] * len(found)
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+@register_source("folder")
+def folder_splits(config, preprocess) -> Splits:
+    """One sub-folder per class; val and test split off deterministically (or read from train/val/test)."""
+    if not config.path:
+        raise RecipeError("data.path: the folder source needs a path to a folder with one sub-folder per class")
+    root = Path(config.path)
+    if all((root / part).is_dir() for part in ("train", "test")):
+        train_val = _load_folder(root / "train", preprocess)
+        test = _load_folder(root / "test", preprocess, train_val.classes)
+        if (root / "val").is_dir():
+            return Splits(train_val, _load_folder(root / "val", preprocess, train_val.classes), test)
+        train, val = split_stratified(train_val, config.val_fraction, config.seed)
+        return Splits(train, val, test)
+    data = _load_folder(root, preprocess)
+    rest, test = split_stratified(data, config.test_fraction, config.seed)
+    train, val = split_stratified(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1)
+    return Splits(train, val, test)
+
+
+def _load_folder(root: Path, preprocess, expected_classes: list[str] | None = None) -> LabeledImages:
+    files, labels, classes = scan_image_folder(root)
+    if expected_classes is not None and classes != expected_classes:
+        raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}")
+    return LabeledImages(np.stack([preprocess.resize(path) for path in files]), labels, classes)
