@@ -1,0 +1,29 @@
+# The two commands of the README:  make quickstart  and  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Extra pip options, e.g. PIP_OPTS="--index-url <PyTorch CPU wheel index>" on machines whose pip
+# would otherwise pick a CUDA build of torch.
+PIP_OPTS ?=
+
+.PHONY: quickstart test setup data clean
+
+quickstart: setup data  ## install, then fine-tune -> export -> validate -> bench -> ship the built-in example
+	EDGETL_FASHION_MNIST=$$(scripts/get-fashion-mnist.sh) $(BIN)/edgetl run
+
+test: setup data  ## install, then run the whole test suite (unit + end-to-end)
+	EDGETL_FASHION_MNIST=$$(scripts/get-fashion-mnist.sh) $(BIN)/python -m pytest -q
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt "torch==2.13.0"
+	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt -e ".[train,test]"
+	touch $@
+
+data:
+	@scripts/get-fashion-mnist.sh >/dev/null
+
+clean:
+	rm -rf $(VENV) runs .data

@@ -1,0 +1,185 @@
+"""The ``edgetl`` command: parse arguments, call the Python API, print. No logic lives here.
+
+Heavy modules (torch, runtimes) are imported inside the commands, so ``edgetl --help`` and
+``edgetl predict`` stay light.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import EdgetlError
+
+app = typer.Typer(
+    help="edgetl: fine-tune, export, validate, benchmark and ship models for edge devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+RecipeArg = Annotated[Optional[Path], typer.Argument(help="Recipe TOML; none runs the built-in example.")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe field: section.key=value (repeatable).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def main() -> None:
+    """Console-script entry point: library errors become one line on stderr and a non-zero exit."""
+    try:
+        app()
+    except EdgetlError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; completed stages are kept, rerun the same command to resume")
+        sys.exit(130)
+
+
+def _context(recipe: Path | None, overrides: list[str] | None, quiet: bool):
+    from .pipeline import RunContext
+    from .recipe import load_recipe
+
+    return RunContext(load_recipe(recipe, overrides), progress=not quiet, log=lambda m: out.print(m, highlight=False))
+
+
+def _print_summary(validation: dict, benchmarks: dict) -> None:
+    from .bench import format_table
+    from .pipeline import summary_rows
+
+    out.print(format_table(summary_rows(validation, benchmarks)))
+
+
+@app.command()
+def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Fine-tune, export, validate, benchmark and ship, from one recipe."""
+    from .pipeline import run as run_pipeline
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    summary = run_pipeline(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
+    from .bench import format_table
+
+    out.print(format_table(summary["variants"]))
+    out.print(
+        f"linear probe {summary['probe_test_accuracy']:.2f}% -> fine-tuned {summary['test_accuracy']:.2f}% test accuracy"
+    )
+    out.print(f"bundle: {summary['bundle']}  ({summary['archive']})  in {summary['seconds']:.0f} s")
+
+
+@app.command()
+def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Transfer learning: linear probe on the frozen backbone, then staged unfreezing."""
+    from .pipeline import finetune_stage
+
+    result = finetune_stage(_context(recipe, set_, quiet))
+    out.print(f"linear probe {result.probe_test_accuracy:.2f}% -> fine-tuned {result.test_accuracy:.2f}% test accuracy")
+
+
+@app.command()
+def export(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Export the fine-tuned model to ONNX and OpenVINO IR."""
+    from .pipeline import export_stage
+
+    for record in export_stage(_context(recipe, set_, quiet)):
+        out.print(f"{record['variant']}: {', '.join(record['files'])} ({record['exporter']}, opset {record['opset']})")
+
+
+@app.command()
+def validate(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Run the shared validation check on every exported variant; exit 1 if any fails."""
+    from .pipeline import validate_stage
+
+    reports = validate_stage(_context(recipe, set_, quiet))
+    for name, report in reports.items():
+        verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
+        out.print(f"{name}: accuracy {report['accuracy']:.2f}%, agreement {report['agreement']:.2%} -> {verdict}")
+    if not all(r["passed"] for r in reports.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Measure CPU latency of every variant (torch, ONNX Runtime, OpenVINO)."""
+    from .pipeline import bench_stage, validate_stage
+
+    ctx = _context(recipe, set_, quiet)
+    _print_summary(validate_stage(ctx), bench_stage(ctx))
+
+
+@app.command()
+def ship(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Bundle the variants that passed validation into models/<name>/ and a .tar.gz."""
+    from .pipeline import ship_stage
+
+    shipped = ship_stage(_context(recipe, set_, quiet))
+    out.print(f"bundle: {shipped.path}  ({shipped.archive})")
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
+    load: Annotated[bool, typer.Option(help="Also load each model and run one batch.")] = True,
+) -> None:
+    """Check a bundle: checksums, manifest, labels, preprocessing, and that each model loads."""
+    from .bundle import verify as verify_bundle
+
+    report = verify_bundle(bundle, load=load)
+    if not report.ok:
+        for problem in report.problems:
+            err.print(f"[red]problem:[/] {problem}", highlight=False)
+        err.print(f"[bold red]error:[/] {bundle} failed verification; re-ship it with `edgetl ship`")
+        raise typer.Exit(1)
+    out.print(f"ok: {bundle} ({report.checked_files} files checked)")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    runtime: Annotated[Optional[str], typer.Option(help="e.g. openvino:CPU; default: the bundle's default.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
+    threads: Annotated[int, typer.Option(help="0 = the runtime's default.")] = 0,
+) -> None:
+    """Classify images with a bundle, using only numpy, Pillow and onnxruntime or OpenVINO."""
+    from .predict import load_bundle
+
+    model = load_bundle(bundle, runtime=runtime, threads=threads)
+    for image, prediction in zip(images, model.predict(images, top_k=top_k)):
+        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in prediction.top_k)
+        out.print(f"{image}: [bold]{prediction.label}[/] ({prediction.probability:.1%})  top-{top_k}: {ranked}",
+                  highlight=False)
+
+
+@app.command()
+def backbones() -> None:
+    """List the registered backbones and where their weights come from."""
+    from rich.table import Table
+
+    from .backbones import list_backbones
+
+    table = Table("name", "input", "weights", "licence", "description")
+    for spec in list_backbones():
+        table.add_row(spec.name, f"{spec.default_image_size}px", spec.package or "-", spec.license, spec.description)
+    out.print(table)
+
+
+@app.command()
+def env() -> None:
+    """Print the machine and package versions, for bug reports."""
+    import json
+
+    from .bench import environment
+
+    out.print_json(json.dumps(environment()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,148 @@
+"""The one shared validation check, used on every artifact, on the host and on every target.
+
+Numpy only: the same code runs inside the device agent.
+
+>>> report = validate(runner, test_set, preprocess, reference=torch_logits, gate=GateConfig())
+>>> report.passed, report.reasons
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data.dataset import LabeledImages
+from .errors import DataError
+
+
+@dataclass
+class ValidationReport:
+    """Accuracy on held-out data, agreement with the reference, and the verdict against the gate."""
+
+    artifact: str
+    runtime: str
+    samples: int
+    accuracy: float  # top-1, percent
+    macro_f1: float  # percent
+    reference_accuracy: float | None = None
+    accuracy_drop: float | None = None  # percentage points below the reference
+    agreement: float | None = None  # top-1 agreement with the reference, fraction
+    max_abs_logit_diff: float | None = None
+    mean_kl: float | None = None  # KL(reference || artifact) on softmax outputs, mean over samples
+    passed: bool = True
+    reasons: list[str] = field(default_factory=list)
+    gate: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.reasons)
+        agree = f", agreement {self.agreement:.2%}" if self.agreement is not None else ""
+        return f"{self.artifact} [{self.runtime}] accuracy {self.accuracy:.2f}%{agree} -> {verdict}"
+
+
+def predict_logits(runner, data: LabeledImages, preprocess, batch_size: int = 64) -> np.ndarray:
+    """Run ``runner`` over every image of ``data`` in batches; returns float32 logits (N, classes)."""
+    if len(data) == 0:
+        raise DataError("the validation split is empty; give the data source more images")
+    outputs = [
+        runner.predict(preprocess.normalize(data.images[start : start + batch_size]))
+        for start in range(0, len(data), batch_size)
+    ]
+    logits = np.concatenate(outputs).astype(np.float32)
+    if logits.ndim != 2 or logits.shape[1] != len(data.classes):
+        raise DataError(
+            f"{runner.name} returned logits of shape {logits.shape} for {len(data.classes)} classes; "
+            "was the model trained on this dataset?"
+        )
+    return logits
+
+
+def validate(
+    runner,
+    data: LabeledImages,
+    preprocess,
+    *,
+    reference: Any = None,
+    gate=None,
+    batch_size: int = 64,
+    artifact: str = "",
+    logits: np.ndarray | None = None,
+) -> ValidationReport:
+    """Measure ``runner`` on ``data`` and judge it against ``gate``.
+
+    ``reference``: a Runner or its saved logits on the same data (the FP32 torch model, usually).
+    ``logits``: outputs already computed (e.g. on a device); then ``runner`` may be None.
+    """
+    start = time.perf_counter()
+    if logits is None:
+        logits = predict_logits(runner, data, preprocess, batch_size)
+    labels = data.labels
+    if len(logits) != len(labels):
+        raise DataError(f"{len(logits)} outputs for {len(labels)} samples; the validation slice does not match")
+    report = ValidationReport(
+        artifact=artifact or getattr(runner, "name", "model"),
+        runtime=getattr(runner, "name", "device"),
+        samples=len(labels),
+        accuracy=_accuracy(logits, labels),
+        macro_f1=_macro_f1(logits.argmax(1), labels, logits.shape[1]),
+    )
+    if reference is not None:
+        ref_logits = reference if isinstance(reference, np.ndarray) else predict_logits(reference, data, preprocess, batch_size)
+        _compare(report, logits, ref_logits, labels)
+    if gate is not None:
+        _judge(report, gate)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _compare(report: ValidationReport, logits: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> None:
+    if ref.shape != logits.shape:
+        raise DataError(f"reference logits have shape {ref.shape}, the artifact's {logits.shape}")
+    report.reference_accuracy = _accuracy(ref, labels)
+    report.accuracy_drop = round(report.reference_accuracy - report.accuracy, 4)
+    report.agreement = float((logits.argmax(1) == ref.argmax(1)).mean())
+    report.max_abs_logit_diff = float(np.abs(logits - ref).max())
+    log_p, log_q = _log_softmax(ref), _log_softmax(logits)
+    report.mean_kl = float((np.exp(log_p) * (log_p - log_q)).sum(1).mean())
+
+
+def _judge(report: ValidationReport, gate) -> None:
+    report.gate = asdict(gate)
+    reasons = []
+    if gate.min_accuracy and report.accuracy < gate.min_accuracy:
+        reasons.append(f"accuracy {report.accuracy:.2f}% < floor {gate.min_accuracy:.2f}%")
+    if report.accuracy_drop is not None and report.accuracy_drop > gate.max_accuracy_drop:
+        reasons.append(f"accuracy drop {report.accuracy_drop:.2f} pt > {gate.max_accuracy_drop:.2f} pt allowed")
+    if report.agreement is not None and report.agreement < gate.min_agreement:
+        reasons.append(f"top-1 agreement {report.agreement:.2%} < {gate.min_agreement:.2%} required")
+    if gate.max_abs_logit_diff and (report.max_abs_logit_diff or 0.0) > gate.max_abs_logit_diff:
+        reasons.append(f"max |Δlogit| {report.max_abs_logit_diff:.4g} > {gate.max_abs_logit_diff:.4g} allowed")
+    report.reasons = reasons
+    report.passed = not reasons
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return round(float((logits.argmax(1) == labels).mean() * 100), 4)
+
+
+def _macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    scores = []
+    for cls in range(num_classes):
+        tp = np.sum((pred == cls) & (labels == cls))
+        fp = np.sum((pred == cls) & (labels != cls))
+        fn = np.sum((pred != cls) & (labels == cls))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return round(float(np.mean(scores)) * 100, 4) if scores else 0.0
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
