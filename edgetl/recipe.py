@@ -47,12 +47,12 @@ class FinetuneConfig:
     probe_epochs: int = 30  # linear probe on cached frozen features
     probe_lr: float = 3e-3
     unfreeze: list[int] = field(default_factory=lambda: [3, 9])  # groups trainable in each later stage
-    stage_epochs: list[int] = field(default_factory=lambda: [2, 3])
+    stage_epochs: list[int] = field(default_factory=lambda: [2, 5])
     lr: float = 1e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     patience: int = 2  # epochs without val improvement before a stage stops
-    augment: bool = True  # random horizontal flip and shift
+    augment: bool = False  # random horizontal flip and shift; costs accuracy in a 7-epoch schedule
     threads: int = 0  # 0 = torch default
 
 
