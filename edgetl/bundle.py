@@ -1,0 +1,553 @@
+"""Ship validated artifacts as a self-checking bundle, and verify one.
+
+A bundle is a folder (and a ``.tar.gz`` of it) that runs with onnxruntime or OpenVINO alone::
+
+    <name>/
+      model/<artifact>/...   one folder per artifact: .onnx (+ .onnx.data), or OpenVINO .xml + .bin
+      labels.json  preprocess.json  recipe.toml  README.md
+      manifest.json          sha256 + size of every other file, versions, validation reports, benchmarks
+
+This module never imports torch, at import or at call time: ``edgetl verify`` runs on devices without it.
+
+>>> shipped = ship([onnx_fp32, openvino_fp32], name="fmnist", output_dir=Path("models"), labels=classes,
+...                preprocess=preprocess, recipe_toml=text, recipe_hash=digest, card={"backbone": "mobilenet_v2"})
+>>> verify(shipped.archive).ok
+True
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from ._io import atomic_path, sha256_file, write_json, write_text
+from .data.preprocess import Preprocess
+from .errors import BackendUnavailable, BundleError, EdgetlError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# The file a runtime opens, per artifact format; the other files (.onnx.data, .bin) sit beside it.
+MODEL_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+# Distributions whose versions go into the manifest. Read from package metadata: importing torch
+# just to learn its version would defeat the point of a torch-free bundle.
+_VERSIONED = ("onnxruntime", "openvino", "onnx", "torch", "numpy", "pillow")
+_REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
+
+
+@dataclass
+class Artifact:
+    """One exported model variant ready to ship, with its validation report (and benchmark, if measured)."""
+
+    name: str  # e.g. "onnx-fp32"; becomes the folder model/<name>/
+    format: str  # "onnx" | "openvino"
+    files: list[Path]  # .onnx (+ .onnx.data), or .xml + .bin
+    runtime: str  # e.g. "onnxruntime:CPUExecutionProvider"
+    validation: dict[str, Any]  # has at least "passed" and "reasons"
+    benchmark: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        # Strictly a boolean (numpy's included): a stray "false" string or a missing key must not ship.
+        return isinstance(self.validation.get("passed"), (bool, np.bool_)) and bool(self.validation["passed"])
+
+
+@dataclass
+class ShippedBundle:
+    """Where ``ship`` put the bundle, and the manifest it wrote."""
+
+    path: Path
+    archive: Path
+    manifest: dict[str, Any]
+
+    @property
+    def default_artifact(self) -> str:
+        return self.manifest["default_artifact"]
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of ``verify``: ``ok`` when ``problems`` is empty. ``notes`` are not failures."""
+
+    bundle: Path
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked_files: int = 0
+    loaded_artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            loaded = f", ran {', '.join(self.loaded_artifacts)}" if self.loaded_artifacts else ""
+            return f"{self.bundle}: OK ({self.checked_files} files checked{loaded})"
+        return f"{self.bundle}: {len(self.problems)} problem(s): " + "; ".join(self.problems)
+
+
+# -- ship ------------------------------------------------------------------------------------
+
+
+def ship(
+    artifacts: list[Artifact],
+    *,
+    name: str,
+    output_dir: Path,
+    labels: list[str],
+    preprocess: Preprocess,
+    recipe_toml: str,
+    recipe_hash: str,
+    card: dict[str, Any],
+) -> ShippedBundle:
+    """Write ``output_dir/<name>/`` and ``output_dir/<name>.tar.gz`` from artifacts that passed validation.
+
+    Raises BundleError, before writing anything, if any artifact failed validation (naming each with its
+    reasons) or none was given. The bundle is built in a temporary folder and renamed into place only when
+    complete, so a failure leaves an older bundle of the same name as it was.
+    """
+    _check_name(name, "bundle name")
+    failed = [artifact for artifact in artifacts if not artifact.passed]
+    if failed:
+        named = "; ".join(f"{a.name}: {', '.join(a.validation.get('reasons') or ['no reason given'])}" for a in failed)
+        raise BundleError(f"refusing to ship artifacts that failed validation ({named}); fix or leave them out")
+    if not artifacts:
+        raise BundleError("nothing to ship: no artifact passed validation; see the validation reports")
+    _check_artifacts(artifacts)
+    if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
+        raise BundleError("labels must be a non-empty list of distinct strings, one per model output")
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Staging lives in output_dir so the final rename stays on one filesystem, hence atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=output_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the shipped folder should read like any other
+    try:
+        entries = {artifact.name: _copy_artifact(artifact, staging) for artifact in artifacts}
+        write_json(staging / "labels.json", list(labels))
+        write_json(staging / "preprocess.json", preprocess.to_dict())
+        write_text(staging / "recipe.toml", recipe_toml)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "edgetl_version": __version__,
+            "runtime_versions": runtime_versions(),
+            "recipe_hash": recipe_hash,
+            "num_labels": len(labels),
+            "input_shape": list(preprocess.input_shape),
+            "default_artifact": _default_artifact(artifacts),
+            "artifacts": entries,
+        }
+        write_text(staging / "README.md", render_card(manifest, labels, preprocess, card))
+        manifest["files"] = _file_table(staging)
+        write_json(staging / MANIFEST, manifest)
+
+        final = output_dir / name
+        archive = output_dir / f"{name}.tar.gz"
+        # The archive replaces the old one only after the folder swap succeeded: the pair stays consistent.
+        with atomic_path(archive) as tmp_archive:
+            with tarfile.open(tmp_archive, "w:gz") as tar:
+                tar.add(staging, arcname=name, filter=_anonymous)
+            _swap_folder(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ShippedBundle(path=final, archive=archive, manifest=manifest)
+
+
+def runtime_versions() -> dict[str, str]:
+    """Python and the installed runtime/library versions, read from package metadata (nothing imported)."""
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def model_file(entry: dict[str, Any]) -> str:
+    """The bundle-relative path of the file a runtime opens for a manifest artifact entry."""
+    suffix = MODEL_SUFFIX.get(entry.get("format", ""), "")
+    matches = [f for f in entry.get("files", []) if f.endswith(suffix)] if suffix else []
+    if len(matches) != 1:
+        raise BundleError(f"artifact entry lists {entry.get('files')}; expected exactly one {suffix or 'model'} file")
+    return matches[0]
+
+
+def _check_name(name: str, what: str) -> None:
+    # Names become folder names inside the bundle and the archive: keep them plain.
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise BundleError(f"{what} {name!r} must be a plain folder name (no slashes, not starting with '.')")
+
+
+def _check_artifacts(artifacts: list[Artifact]) -> None:
+    names = [artifact.name for artifact in artifacts]
+    if len(set(names)) != len(names):
+        raise BundleError(f"artifact names must be unique, got {names}")
+    for artifact in artifacts:
+        _check_name(artifact.name, "artifact name")
+        if artifact.format not in MODEL_SUFFIX:
+            raise BundleError(f"artifact {artifact.name}: format {artifact.format!r} is not onnx or openvino")
+        basenames = [Path(f).name for f in artifact.files]
+        if len(set(basenames)) != len(basenames):
+            raise BundleError(f"artifact {artifact.name}: two files share a name: {basenames}")
+        if sum(b.endswith(MODEL_SUFFIX[artifact.format]) for b in basenames) != 1:
+            raise BundleError(
+                f"artifact {artifact.name}: needs exactly one {MODEL_SUFFIX[artifact.format]} file, got {basenames}"
+            )
+
+
+def _copy_artifact(artifact: Artifact, staging: Path) -> dict[str, Any]:
+    folder = staging / "model" / artifact.name
+    folder.mkdir(parents=True)
+    files = []
+    for source in map(Path, artifact.files):
+        if not source.is_file():
+            raise BundleError(f"artifact {artifact.name}: file not found: {source}; re-export it and ship again")
+        # Basenames are kept: an .onnx file names its external .onnx.data file, and an .xml its .bin.
+        shutil.copyfile(source, folder / source.name)
+        files.append(f"model/{artifact.name}/{source.name}")
+    entry = {
+        "format": artifact.format,
+        "runtime": artifact.runtime,
+        "files": files,
+        "validation": artifact.validation,
+        "benchmark": artifact.benchmark,
+    }
+    entry["model_file"] = model_file(entry)
+    return entry
+
+
+def _default_artifact(artifacts: list[Artifact]) -> str:
+    # ONNX first: onnxruntime is the runtime most devices can install.
+    onnx = [artifact for artifact in artifacts if artifact.format == "onnx"]
+    return (onnx or artifacts)[0].name
+
+
+def _file_table(root: Path) -> dict[str, dict[str, Any]]:
+    return {
+        path.relative_to(root).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() != MANIFEST
+    }
+
+
+def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Who built the bundle is not part of it.
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _swap_folder(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``; an older ``final`` is moved aside first and removed only after."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+
+def extract_archive(archive: Path, destination: Path) -> Path:
+    """Extract a bundle ``.tar.gz`` safely into ``destination``; returns the bundle folder inside it.
+
+    Rejects absolute paths, '..' components, links and devices before extracting anything.
+    """
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                parts = PurePosixPath(member.name).parts
+                if member.name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise BundleError(f"{archive}: unsafe path in archive: {member.name!r}; refusing to extract")
+                if not (member.isfile() or member.isdir()):
+                    raise BundleError(f"{archive}: archive member {member.name!r} is a link or device; refusing")
+            tops = {PurePosixPath(member.name).parts[0] for member in members if PurePosixPath(member.name).parts}
+            if len(tops) != 1:
+                raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
+            tar.extractall(destination, filter="data")  # belt and braces on top of the checks above
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"cannot read bundle archive {archive}: {exc}") from None
+    root = destination / tops.pop()
+    if not root.is_dir():
+        raise BundleError(f"{archive}: the archive holds a file, not a bundle folder")
+    return root
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Load and shape-check ``root/manifest.json``; BundleError says what is wrong."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: is {root} an edgetl bundle?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged, ship it again") from None
+    tables = [manifest.get(key) if isinstance(manifest, dict) else None for key in ("files", "artifacts")]
+    if not all(isinstance(t, dict) and t and all(isinstance(v, dict) for v in t.values()) for t in tables):
+        raise BundleError(f"{path} lacks its 'files' or 'artifacts' table; the bundle is damaged, ship it again")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise BundleError(f"{path} is bundle format {manifest['format_version']}; upgrade edgetl to read it")
+    return manifest
+
+
+def verify(bundle: Path, *, load: bool = True) -> VerifyReport:
+    """Check a bundle folder or ``.tar.gz``: checksums, no unlisted files, labels, preprocessing, validation.
+
+    With ``load`` (the default) each artifact is also opened with its runtime and run on one random batch
+    (of 1, or the model's fixed batch size), whose output must have shape (batch, number of labels).
+
+    >>> report = verify(Path("models/fmnist.tar.gz"))
+    >>> report.ok, report.problems
+    """
+    bundle = Path(bundle)
+    report = VerifyReport(bundle=bundle)
+    if not bundle.exists():
+        report.problems.append(f"{bundle} not found")
+    elif bundle.is_dir():
+        _verify_folder(bundle, report, load)
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgetl-verify-") as tmp:
+            try:
+                root = extract_archive(bundle, Path(tmp))
+            except BundleError as exc:
+                report.problems.append(str(exc))
+                return report
+            _verify_folder(root, report, load)
+    return report
+
+
+def _verify_folder(root: Path, report: VerifyReport, load: bool) -> None:
+    try:
+        manifest = read_manifest(root)
+    except BundleError as exc:
+        report.problems.append(str(exc))
+        return
+    problems = report.problems
+    listed: dict[str, Any] = manifest["files"]
+    damaged: set[str] = set()
+    for rel, meta in listed.items():
+        parts = PurePosixPath(rel).parts
+        path = root / rel
+        if rel.startswith("/") or ".." in parts:
+            problems.append(f"manifest lists an unsafe path {rel!r}")
+        elif path.is_symlink() or not path.is_file():
+            problems.append(f"{rel}: missing" + (" (a link, not a file)" if path.is_symlink() else ""))
+        elif path.stat().st_size != meta.get("size"):
+            problems.append(f"{rel}: size {path.stat().st_size} bytes, manifest says {meta.get('size')}")
+        elif sha256_file(path) != meta.get("sha256"):
+            problems.append(f"{rel}: sha256 does not match the manifest (modified or corrupted)")
+        else:
+            report.checked_files += 1
+            continue
+        damaged.add(rel)
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            problems.append(f"{rel}: links are not allowed in a bundle")
+        elif path.is_file() and rel != MANIFEST and rel not in listed:
+            problems.append(f"{rel}: unlisted file (not in the manifest)")
+    for rel in _REQUIRED_FILES:
+        if rel not in listed:
+            problems.append(f"manifest does not list {rel}")
+
+    labels = _load_json(root, "labels.json", listed, damaged, problems, _parse_labels)
+    preprocess = _load_json(root, "preprocess.json", listed, damaged, problems, Preprocess.from_dict)
+    artifacts: dict[str, Any] = manifest["artifacts"]
+    if manifest.get("default_artifact") not in artifacts:
+        problems.append(f"default artifact {manifest.get('default_artifact')!r} is not among {sorted(artifacts)}")
+    loadable = []
+    for name, entry in artifacts.items():
+        validation = entry.get("validation") or {}
+        if validation.get("passed") is not True:
+            problems.append(f"artifact {name}: validation did not pass ({'; '.join(validation.get('reasons') or [])})")
+        unlisted = [f for f in entry.get("files", []) if f not in listed]
+        if unlisted or not entry.get("files"):
+            problems.append(f"artifact {name}: files not covered by the manifest checksums: {unlisted or 'none'}")
+        try:
+            model_file(entry)
+        except BundleError as exc:
+            problems.append(f"artifact {name}: {exc}")
+            continue
+        if not unlisted and not damaged.intersection(entry["files"]):
+            loadable.append(name)
+    if load and labels is not None and preprocess is not None:
+        for name in loadable:
+            _smoke_test(root, name, artifacts[name], preprocess, len(labels), report)
+
+
+def _load_json(root: Path, rel: str, listed: dict, damaged: set[str], problems: list[str], parse) -> Any:
+    """Parse one listed, intact JSON file with ``parse``; a failure becomes a problem and None."""
+    if rel not in listed or rel in damaged:
+        return None  # already reported by the checksum pass
+    try:
+        return parse(json.loads((root / rel).read_text()))
+    except (ValueError, TypeError, AttributeError, EdgetlError) as exc:  # JSONDecodeError is a ValueError
+        problems.append(f"{rel} does not load: {exc}")
+        return None
+
+
+def _parse_labels(data: Any) -> list[str]:
+    if not isinstance(data, list) or not data or not all(isinstance(label, str) for label in data):
+        raise ValueError("expected a non-empty list of strings")
+    return data
+
+
+def _smoke_test(
+    root: Path, name: str, entry: dict, preprocess: Preprocess, num_labels: int, report: VerifyReport
+) -> None:
+    """Open one artifact and run one random batch through it; the output must be (batch, num_labels)."""
+    from .runners import backend_for_file, open_runner  # light, but only needed with load=True
+
+    path = root / model_file(entry)
+    runner = None
+    # A bundle benchmarked on a GPU still verifies on a CPU-only host: fall back to the backend's CPU default.
+    for runtime in dict.fromkeys([entry.get("runtime") or backend_for_file(path), backend_for_file(path)]):
+        try:
+            runner = open_runner(path, runtime)
+            break
+        except BackendUnavailable as exc:
+            report.notes.append(f"artifact {name}: not loaded with {runtime} here ({exc})")
+        except EdgetlError as exc:
+            report.problems.append(f"artifact {name}: {exc}")
+            return
+    if runner is None:
+        return
+    static = runner.input_spec.shape[0] if runner.input_spec.shape else None
+    count = static if isinstance(static, int) and static > 0 else 1  # a fixed-batch export takes only its size
+    batch = np.random.default_rng(0).standard_normal((count, *preprocess.input_shape)).astype(np.float32)
+    try:
+        logits = runner.predict(batch)
+    except Exception as exc:  # runtimes raise their own types on a bad model; report, don't crash verify
+        report.problems.append(f"artifact {name}: inference on a random batch failed: {str(exc).splitlines()[0]}")
+        return
+    finally:
+        runner.close()
+    if logits.shape != (count, num_labels):
+        report.problems.append(f"artifact {name}: outputs {logits.shape}, labels.json expects ({count}, {num_labels})")
+    elif not np.isfinite(logits).all():
+        report.problems.append(f"artifact {name}: non-finite outputs on a random batch")
+    else:
+        report.loaded_artifacts.append(name)
+
+
+# -- model card (README.md) ----------------------------------------------------------------------
+
+# Card keys with their own place in the README; other keys go under "Other results" or "Other details".
+_CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_license", "weights_license", "intended_use",
+                "limitations"}
+_ACCURACY_KEYS = ("accuracy", "macro_f1", "agreement", "accuracy_drop")
+_LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median_ms", "mean_ms", "p90_ms", "p99_ms",
+                 "throughput", "peak_rss_mb")
+_DEFAULT_LIMITS = ("Accuracy was measured on held-out data from the training distribution only; expect less on "
+                   "images unlike it. Every input is forced into one of the classes. Check on your own data first.")
+
+
+def render_card(manifest: dict[str, Any], labels: list[str], preprocess: Preprocess, card: dict[str, Any]) -> str:
+    """The bundle's README.md: what the model is, how well and how fast each artifact runs, how to use it."""
+    name, artifacts, default = manifest["name"], manifest["artifacts"], manifest["default_artifact"]
+    size = preprocess.image_size
+    classes = ", ".join(labels[:40]) + (f", … ({len(labels) - 40} more)" if len(labels) > 40 else "")
+    steps = (f"{'RGB' if preprocess.channels == 3 else 'grayscale'}, resize to {size}×{size} ({preprocess.resample}), "
+             f"x = (pixel / 255 − mean) / std, mean {list(preprocess.mean)}, std {list(preprocess.std)}")
+    overview = [
+        ["Backbone", card.get("backbone", "not recorded")],
+        ["Task", card.get("task", "image classification")],
+        ["Classes", f"{len(labels)}: {classes}"],
+        ["Input", f"{preprocess.dtype} {preprocess.layout} (N, {preprocess.channels}, {size}, {size})"],
+        ["Preprocessing", f"{steps} (preprocess.json)"],
+        ["Default artifact", f"{default} ({artifacts[default]['runtime']})"],
+        ["Built", f"{manifest['created_utc']}, edgetl {manifest['edgetl_version']}, recipe {manifest['recipe_hash']}"],
+    ]
+    accuracy = [
+        [n, e["format"], e["runtime"], *(e["validation"].get(k) for k in _ACCURACY_KEYS),
+         "passed" if e["validation"].get("passed") else "failed"]
+        for n, e in artifacts.items()
+    ]
+    results = {k: v for k, v in card.items() if k not in _CARD_PLACED and ("accuracy" in k or "f1" in k)}
+    latency = [{"artifact": n, **row} for n, e in artifacts.items() for row in _bench_rows(e.get("benchmark"))]
+    columns = [key for key in ("artifact", *_LATENCY_KEYS) if any(key in row for row in latency)]
+    other = [[k, v] for k, v in card.items() if k not in _CARD_PLACED and k not in results]
+
+    lines = [f"# {name}", "", str(card.get("description") or "Image classifier shipped by edgetl."), ""]
+    lines += _table(["", ""], overview)
+    lines += ["", "## Accuracy", "", "Held-out accuracy of each artifact, and its agreement with the reference.", ""]
+    lines += _table(["Artifact", "Format", "Runtime", "Accuracy %", "Macro-F1 %", "Agreement", "Drop (points)",
+                     "Gate"], accuracy)
+    lines += ["", *(f"- {key}: {_fmt(value)}" for key, value in results.items())] if results else []
+    lines += ["", "## Latency", ""]
+    lines += _table(columns, [[row.get(c) for c in columns] for row in latency]) if latency else [
+        "No benchmark recorded; `edgetl bench` measures these artifacts on your targets."]
+    lines += [
+        "", "## Data and licences", "",
+        f"- Training data: {card.get('dataset', 'not recorded')}",
+        f"- Data licence: {card.get('dataset_license', 'not recorded')}",
+        f"- Weights licence: {card.get('weights_license', 'not recorded')}",
+        "", "## How to run", "", "Needs numpy, Pillow and onnxruntime or OpenVINO; no torch.", "", "```bash",
+        f"edgetl verify {name}.tar.gz     # checksums, labels, preprocessing, one test inference per artifact",
+        f"edgetl predict {name}/ photo.jpg                          # top-3 labels, default artifact",
+        f"edgetl predict {name}/ photo.jpg --runtime openvino:CPU",
+        "```", "", "```python", "from edgetl.predict import load_bundle", "",
+        f'print(load_bundle("{name}").predict(["photo.jpg"], top_k=3))', "```",
+        "", "## Intended use and limitations", "",
+        str(card.get("intended_use") or f"Sorting images into the {len(labels)} classes above."),
+        "", str(card.get("limitations") or _DEFAULT_LIMITS),
+    ]
+    lines += ["", "## Other details", "", *_table(["", ""], other)] if other else []
+    return "\n".join(lines) + "\n"
+
+
+def _bench_rows(benchmark: Any) -> list[dict[str, Any]]:
+    """Benchmark JSON as table rows: a BenchResult dict ("stats" per batch size), {target: result}, or flat."""
+    if not isinstance(benchmark, dict) or not benchmark:
+        return []
+    for key in ("stats", "results"):
+        if isinstance(benchmark.get(key), list):
+            context = {k: benchmark[k] for k in ("target", "runtime", "threads") if k in benchmark}
+            cpu = (benchmark.get("environment") or {}).get("cpu")
+            context.update({"device": cpu} if cpu else {})
+            return [{**context, **row} for row in benchmark[key] if isinstance(row, dict)]
+    if all(isinstance(value, dict) for value in benchmark.values()):
+        return [{"target": target, **row} for target, value in benchmark.items() for row in _bench_rows(value)]
+    return [benchmark]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows),
+    ]

@@ -1,0 +1,238 @@
+"""Run a shipped bundle: images in, labels out, with onnxruntime or OpenVINO alone.
+
+Needs only numpy, Pillow and a runtime; never imports torch, so it runs on devices that cannot install it.
+
+>>> model = load_bundle("models/fmnist", runtime="openvino:CPU")
+>>> [p.label for p in model.predict(["shoe.png", "bag.png"])]
+['Sneaker', 'Bag']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._io import sha256_file
+from .bundle import extract_archive, model_file, read_manifest
+from .data.preprocess import Preprocess
+from .errors import BackendUnavailable, BundleError, DataError, EdgetlError
+from .runners import Runner, backend_for_file, open_runner, parse_runtime
+
+# Which artifact formats each backend can open, best first (OpenVINO also reads ONNX directly).
+_FORMATS_FOR_BACKEND = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx")}
+
+
+@dataclass
+class Prediction:
+    """The top label of one image, its softmax probability, and the ``top_k`` (label, probability) list."""
+
+    label: str
+    index: int
+    probability: float
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    source: str = ""  # the file name, or "image #i" for in-memory images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "label": self.label,
+            "index": self.index,
+            "probability": self.probability,
+            "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
+        }
+
+
+class BundleModel:
+    """A bundle opened on one runtime. Use ``predict``; ``close`` (or a ``with`` block) frees the runtime."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        artifact: str,
+        runner: Runner,
+        labels: list[str],
+        preprocess: Preprocess,
+        workdir: tempfile.TemporaryDirectory | None = None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.artifact = artifact
+        self.runner = runner
+        self.runtime = runner.name
+        self.labels = labels
+        self.preprocess = preprocess
+        self._workdir = workdir  # holds an extracted .tar.gz alive as long as the model
+
+    def predict(self, images: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Classify images (paths, PIL images or uint8 HWC arrays); one Prediction per image, in order.
+
+        Raises DataError naming the image when one is missing or cannot be decoded.
+        """
+        if top_k < 1:
+            raise EdgetlError(f"top_k must be at least 1, got {top_k}")
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]  # a lone path is an easy mistake; a str is a Sequence of characters
+        images = list(images)
+        probabilities = _softmax(self.predict_logits(images, batch_size=batch_size))
+        k = min(top_k, len(self.labels))
+        predictions = []
+        for position, row in enumerate(probabilities):
+            order = np.argsort(-row, kind="stable")[:k]
+            ranked = [(self.labels[i], float(row[i])) for i in order]
+            predictions.append(
+                Prediction(ranked[0][0], int(order[0]), ranked[0][1], ranked, _describe(images[position], position))
+            )
+        return predictions
+
+    def predict_logits(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Raw model outputs, float32 (len(images), number of labels)."""
+        images = list(images)
+        static = self.runner.input_spec.shape[0] if self.runner.input_spec.shape else None
+        # A model exported with a fixed batch size takes exactly that many images per call.
+        step = static if isinstance(static, int) and static > 0 else max(1, batch_size)
+        outputs = []
+        for start in range(0, len(images), step):
+            chunk = [self._resize(image, start + i) for i, image in enumerate(images[start : start + step])]
+            batch = self.preprocess.normalize(np.stack(chunk))
+            count = len(chunk)
+            if isinstance(static, int) and count < static:
+                batch = np.concatenate([batch, np.zeros((static - count, *batch.shape[1:]), batch.dtype)])
+            logits = np.asarray(self.runner.predict(batch))[:count]
+            if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+                raise BundleError(
+                    f"{self.artifact} returned outputs of shape {logits.shape} for {len(self.labels)} labels; "
+                    f"the bundle is inconsistent, run `edgetl verify {self.path}`"
+                )
+            outputs.append(logits)
+        if not outputs:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return np.concatenate(outputs).astype(np.float32)
+
+    def _resize(self, image: Any, position: int) -> np.ndarray:
+        try:
+            return self.preprocess.resize(image)
+        except DataError as exc:
+            if isinstance(image, (str, os.PathLike)):
+                raise  # Preprocess already named the file
+            raise DataError(f"{_describe(image, position)}: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:  # e.g. a truncated PIL image that loads lazily
+            raise DataError(f"cannot read image {_describe(image, position)}: {exc}") from None
+
+    def close(self) -> None:
+        """Free the runtime and remove a temporary extraction of a .tar.gz bundle."""
+        self.runner.close()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> "BundleModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BundleModel({self.path}, artifact={self.artifact}, runtime={self.runtime}, {len(self.labels)} labels)"
+
+
+def load_bundle(
+    path: str | os.PathLike,
+    runtime: str | None = None,
+    threads: int = 0,
+    *,
+    artifact: str | None = None,
+    check_files: bool = True,
+) -> BundleModel:
+    """Open a bundle folder (or its .tar.gz) for prediction.
+
+    ``runtime`` ("onnxruntime:CPUExecutionProvider", "openvino:CPU", ...) picks an artifact that backend runs;
+    ``artifact`` picks one by name; neither: the manifest's default. ``check_files`` compares the sha256 of the
+    files used against the manifest first, so a damaged model is refused rather than run.
+
+    >>> model = load_bundle("models/fmnist.tar.gz", runtime="openvino:CPU", threads=2)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}; give a bundle folder or its .tar.gz (`edgetl ship` makes them)")
+    workdir = tempfile.TemporaryDirectory(prefix="edgetl-bundle-") if path.is_file() else None
+    try:
+        root = extract_archive(path, Path(workdir.name)) if workdir is not None else path
+        manifest = read_manifest(root)
+        name = select_artifact(manifest, runtime=runtime, artifact=artifact)
+        entry = manifest["artifacts"][name]
+        if check_files:
+            _check_files(root, manifest, ["labels.json", "preprocess.json", *entry["files"]])
+        labels = json.loads((root / "labels.json").read_text())
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError("labels.json is not a list of strings")
+        preprocess = Preprocess.from_dict(json.loads((root / "preprocess.json").read_text()))
+        runner = _open(root / model_file(entry), runtime or entry["runtime"], threads, fallback=runtime is None)
+    except BaseException as exc:
+        if workdir is not None:
+            workdir.cleanup()
+        if isinstance(exc, (OSError, ValueError, TypeError)):  # unreadable files, malformed JSON
+            raise BundleError(f"cannot load bundle {path}: {exc}; run `edgetl verify {path}`") from None
+        raise
+    return BundleModel(path, manifest, name, runner, labels, preprocess, workdir)
+
+
+def select_artifact(manifest: dict[str, Any], runtime: str | None = None, artifact: str | None = None) -> str:
+    """The artifact to run: the named one, else one whose format ``runtime`` can open, else the default."""
+    artifacts: dict[str, Any] = manifest["artifacts"]
+    if artifact is not None:
+        if artifact not in artifacts:
+            raise BundleError(f"no artifact {artifact!r} in this bundle; it has {', '.join(artifacts)}")
+        return artifact
+    if runtime is None:
+        return manifest["default_artifact"]
+    exact = [name for name, entry in artifacts.items() if entry.get("runtime") == runtime]
+    if exact:
+        return exact[0]
+    backend, _ = parse_runtime(runtime)
+    for fmt in _FORMATS_FOR_BACKEND.get(backend, ()):
+        # Same format on another device (e.g. openvino:GPU for an artifact validated on openvino:CPU).
+        matches = [name for name, entry in artifacts.items() if entry.get("format") == fmt]
+        if matches:
+            return manifest["default_artifact"] if manifest["default_artifact"] in matches else matches[0]
+    raise BundleError(
+        f"no artifact in this bundle runs on {runtime}; it has "
+        + ", ".join(f"{name} ({entry.get('runtime')})" for name, entry in artifacts.items())
+    )
+
+
+def _open(model: Path, runtime: str, threads: int, *, fallback: bool) -> Runner:
+    try:
+        return open_runner(model, runtime, threads=threads)
+    except BackendUnavailable:
+        # The artifact was validated on, say, CUDA; with no runtime asked for, the CPU default will do.
+        if not fallback or backend_for_file(model) == runtime:
+            raise
+        return open_runner(model, backend_for_file(model), threads=threads)
+
+
+def _check_files(root: Path, manifest: dict[str, Any], files: list[str]) -> None:
+    listed = manifest["files"]
+    for rel in files:
+        path = root / rel
+        if rel not in listed or not path.is_file() or sha256_file(path) != listed[rel].get("sha256"):
+            raise BundleError(f"{rel} is missing or does not match the manifest; run `edgetl verify {root}`")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)  # subtract the max: no overflow
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _describe(image: Any, position: int) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    filename = getattr(image, "filename", "")  # PIL images opened from a file remember it
+    return str(filename) if filename else f"image #{position}"
