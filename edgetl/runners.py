@@ -151,7 +151,15 @@ class OrtRunner:
 
 @register_backend("openvino")
 class OpenVinoRunner:
-    def __init__(self, model: Any, *, device: str = "", threads: int = 0, input_spec: InputSpec | None = None):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        device: str = "",
+        threads: int = 0,
+        input_spec: InputSpec | None = None,
+        precision: str = "f32",
+    ):
         ov = _require("openvino", "openvino")
         device = device or "CPU"
         core = ov.Core()
@@ -159,7 +167,9 @@ class OpenVinoRunner:
             raise BackendUnavailable(
                 f"not available: OpenVINO has no {device} device here (has {', '.join(core.available_devices)})"
             )
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        # Run at the precision the artifact was saved in: on CPUs with AVX-512 BF16 / AMX, OpenVINO
+        # would otherwise silently execute FP32 IR in bf16 and change the answers.
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         try:
