@@ -11,15 +11,15 @@ PIP_OPTS ?=
 quickstart: setup data  ## install, then fine-tune -> export -> validate -> bench -> ship the built-in example
 	EDGETL_FASHION_MNIST=$$(scripts/get-fashion-mnist.sh) $(BIN)/edgetl run
 
-test: setup data  ## install, then run the whole test suite (unit + end-to-end)
-	EDGETL_FASHION_MNIST=$$(scripts/get-fashion-mnist.sh) $(BIN)/python -m pytest -q
+test: setup data  ## install, then run the whole test suite (unit + end-to-end, SSH against a throwaway local sshd)
+	EDGETL_FASHION_MNIST=$$(scripts/get-fashion-mnist.sh) EDGETL_SSHD=$$(scripts/get-sshd.sh) $(BIN)/python -m pytest -q
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt "torch==2.13.0"
-	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt -e ".[train,test]"
+	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt -e ".[train,test,text]"
 	touch $@
 
 data:

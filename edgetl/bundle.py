@@ -26,6 +26,7 @@ import shutil
 import tarfile
 import tempfile
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,6 +46,8 @@ MODEL_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 # just to learn its version would defeat the point of a torch-free bundle.
 _VERSIONED = ("onnxruntime", "openvino", "onnx", "torch", "numpy", "pillow")
 _REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
+# Preprocessed inputs, labels and the reference model's logits: what a device is checked against.
+SLICE_FILE = "validation/slice.npz"
 
 
 @dataclass
@@ -62,6 +65,45 @@ class Artifact:
     def passed(self) -> bool:
         # Strictly a boolean (numpy's included): a stray "false" string or a missing key must not ship.
         return isinstance(self.validation.get("passed"), (bool, np.bool_)) and bool(self.validation["passed"])
+
+
+@dataclass
+class ValidationSlice:
+    """A few preprocessed held-out samples with their labels and the reference model's logits on them.
+
+    Shipped in the bundle as ``validation/slice.npz``; ``edgetl bench --target`` runs it on each device
+    and holds the device's outputs to the reference with the shared validation check."""
+
+    inputs: np.ndarray  # float32, the model's input layout, e.g. (N, C, H, W)
+    labels: np.ndarray  # int64 (N,)
+    reference_logits: np.ndarray  # float32 (N, classes)
+    reference: str = "torch-fp32"  # which model produced reference_logits
+
+    @classmethod
+    def from_split(cls, data: Any, preprocess: Preprocess, reference_logits: np.ndarray, *, size: int = 128,
+                   seed: int = 0, reference: str = "torch-fp32") -> "ValidationSlice":
+        """``size`` samples of an image split (LabeledImages), taken at random with ``seed``, with the matching
+        rows of ``reference_logits`` (the reference model's logits on the whole split)."""
+        if len(reference_logits) != len(data):
+            raise BundleError(f"{len(reference_logits)} reference outputs for {len(data)} samples; they must match")
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[: max(1, size)])
+        return cls(preprocess.normalize(data.images[chosen]), np.asarray(data.labels)[chosen],
+                   np.asarray(reference_logits)[chosen], reference)
+
+    def check(self, preprocess: Preprocess, num_labels: int) -> None:
+        n = len(self.labels)
+        if not (n and len(self.inputs) == n and self.reference_logits.shape == (n, num_labels)):
+            raise BundleError(f"validation slice: {len(self.inputs)} inputs, {n} labels and reference logits "
+                              f"{self.reference_logits.shape} must agree (N, {num_labels} labels)")
+        if tuple(self.inputs.shape[1:]) != tuple(preprocess.input_shape):
+            raise BundleError(f"validation slice inputs have shape {self.inputs.shape[1:]}, "
+                              f"the model takes {preprocess.input_shape}")
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, inputs=self.inputs.astype(np.float32), labels=self.labels.astype(np.int64),
+                         reference_logits=self.reference_logits.astype(np.float32))
 
 
 @dataclass
@@ -111,12 +153,14 @@ def ship(
     recipe_toml: str,
     recipe_hash: str,
     card: dict[str, Any],
+    validation_slice: ValidationSlice | None = None,
 ) -> ShippedBundle:
     """Write ``output_dir/<name>/`` and ``output_dir/<name>.tar.gz`` from artifacts that passed validation.
 
     Raises BundleError, before writing anything, if any artifact failed validation (naming each with its
     reasons) or none was given. The bundle is built in a temporary folder and renamed into place only when
-    complete, so a failure leaves an older bundle of the same name as it was.
+    complete, so a failure leaves an older bundle of the same name as it was. ``validation_slice`` is
+    shipped as ``validation/slice.npz`` for checking the models on each target device.
     """
     _check_name(name, "bundle name")
     failed = [artifact for artifact in artifacts if not artifact.passed]
@@ -128,6 +172,8 @@ def ship(
     _check_artifacts(artifacts)
     if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
         raise BundleError("labels must be a non-empty list of distinct strings, one per model output")
+    if validation_slice is not None:
+        validation_slice.check(preprocess, len(labels))
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +199,10 @@ def ship(
             "default_artifact": _default_artifact(artifacts),
             "artifacts": entries,
         }
+        if validation_slice is not None:
+            validation_slice.save(staging / SLICE_FILE)
+            manifest["validation_slice"] = {"file": SLICE_FILE, "samples": len(validation_slice.labels),
+                                            "reference": validation_slice.reference}
         write_text(staging / "README.md", render_card(manifest, labels, preprocess, card))
         manifest["files"] = _file_table(staging)
         write_json(staging / MANIFEST, manifest)
@@ -396,6 +446,17 @@ def _verify_folder(root: Path, report: VerifyReport, load: bool) -> None:
             continue
         if not unlisted and not damaged.intersection(entry["files"]):
             loadable.append(name)
+    slice_entry = manifest.get("validation_slice")
+    if slice_entry and labels is not None and preprocess is not None:
+        if slice_entry.get("file") != SLICE_FILE or SLICE_FILE not in listed:
+            problems.append(f"manifest's validation_slice must be the listed file {SLICE_FILE}")
+        elif SLICE_FILE not in damaged:
+            try:
+                with np.load(root / SLICE_FILE) as npz:
+                    shipped = ValidationSlice(npz["inputs"], npz["labels"], npz["reference_logits"])
+                shipped.check(preprocess, len(labels))
+            except (BundleError, KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                problems.append(f"{SLICE_FILE} does not load: {exc}")
     if load and labels is not None and preprocess is not None:
         for name in loadable:
             _smoke_test(root, name, artifacts[name], preprocess, len(labels), report)

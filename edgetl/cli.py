@@ -106,12 +106,94 @@ def validate(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
 
 
 @app.command()
-def bench(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Measure CPU latency of every variant (torch, ONNX Runtime, OpenVINO)."""
-    from .pipeline import bench_stage, validate_stage
+def bench(
+    source: Annotated[
+        Optional[Path], typer.Argument(help="Recipe TOML (none: the built-in example), or with --target a bundle.")
+    ] = None,
+    target: Annotated[
+        Optional[list[str]],
+        typer.Option("--target", "-t", help="Target name or .toml (repeatable): bench the bundle SOURCE there."),
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the merged results as JSON.")] = None,
+    trust_new_host: Annotated[
+        bool, typer.Option("--trust-new-host", help="Accept and record an SSH host key never seen before.")
+    ] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Also show min, mean and std per batch size.")] = False,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure latency: every variant of a run on this CPU, or a bundle on --target devices."""
+    if not target:
+        from .pipeline import bench_stage, validate_stage
 
-    ctx = _context(recipe, set_, quiet)
-    _print_summary(validate_stage(ctx), bench_stage(ctx))
+        ctx = _context(source, set_, quiet)
+        _print_summary(validate_stage(ctx), bench_stage(ctx))
+        return
+    from .bench import format_table
+    from .bench.remote import bench_targets
+
+    if source is None:
+        raise EdgetlError("--target needs a bundle: edgetl bench models/NAME.tar.gz --target local-cpu")
+    report = bench_targets(source, target, trust_new_host=trust_new_host, json_path=json_out,
+                           log=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
+    out.print(format_table(report.rows(wide=wide), title=f"{source} on {len(report.results)} target(s)"))
+    for note in report.notes():
+        out.print(note, highlight=False, soft_wrap=True)
+    if json_out is not None:
+        out.print(f"results: {json_out}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+targets_app = typer.Typer(help="Target devices: list, show and check the profiles in targets/.", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
+TargetArg = Annotated[str, typer.Argument(help="Target name (see `edgetl targets list`) or path to a .toml.")]
+
+
+@targets_app.command("list")
+def targets_list() -> None:
+    """List the target profiles: name, how it is reached, architecture, runtimes."""
+    from rich.table import Table
+
+    from .bench.targets import list_targets
+
+    table = Table()
+    for header in ("name", "reach", "arch", "runtimes", "description"):
+        table.add_column(header, overflow="fold", no_wrap=header == "name")
+    for profile in list_targets():
+        table.add_row(profile.name, profile.address, profile.arch, "\n".join(profile.runtimes), profile.description)
+    out.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: TargetArg) -> None:
+    """Print one target profile, every setting resolved."""
+    import json
+
+    from .bench.targets import load_target
+
+    out.print_json(json.dumps(load_target(name).to_dict()))
+
+
+@targets_app.command("check")
+def targets_check(
+    name: TargetArg,
+    trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="Accept an unknown SSH host key.")] = False,
+) -> None:
+    """Is the target reachable, and which of its runtimes really load there?"""
+    from .bench.remote import check_target
+    from .bench.targets import load_target
+
+    result = check_target(load_target(name), trust_new_host=trust_new_host)
+    env = result.environment
+    out.print(f"{result.target}: reachable ({result.address}); {env.get('cpu')}, {env.get('usable_cores')} usable "
+              f"cores, {env.get('memory_total_mb') or 0:.0f} MB, python {env.get('python')}", highlight=False)
+    if result.emulated:
+        out.print(f"{result.target}: EMULATED small device on this machine ({result.emulation})")
+    for runtime in result.runtimes:
+        out.print(f"  {runtime.runtime}: {'loads' if runtime.ok else runtime.status}", highlight=False)
+    if not any(runtime.ok for runtime in result.runtimes):
+        raise typer.Exit(1)
 
 
 @app.command()

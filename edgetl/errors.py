@@ -35,3 +35,34 @@ class ValidationFailed(EdgetlError):
 
 class BundleError(EdgetlError):
     """A bundle is missing files, or its checksums do not match."""
+
+
+class CalibrationError(DataError):
+    """A calibration set is empty, too small, or does not fit the model's input."""
+
+
+class QuantizationError(EdgetlError):
+    """A model could not be quantized."""
+
+
+class QuantizationSkipped(QuantizationError):
+    """One quantization variant cannot be made here (an operator its backend cannot quantize, a missing
+    backend); the pipeline reports the reason and goes on with the other variants."""
+
+
+class TargetError(EdgetlError):
+    """A target profile is missing or has a bad key or value."""
+
+    exit_code = 2
+
+
+class RemoteError(EdgetlError):
+    """A target could not be measured: unreachable, refused, timed out, or nothing runs there.
+
+    ``kind`` says which ("unreachable", "host-key", "auth", "timeout", "missing", "runtime", "agent");
+    ``partial`` holds what was measured before it failed."""
+
+    def __init__(self, message: str, *, kind: str, partial=None):
+        super().__init__(message)
+        self.kind = kind
+        self.partial = partial

@@ -1,5 +1,6 @@
 """Machine and software facts recorded beside every benchmark, so a number can be traced to where it
-was measured. Stdlib only, and it never imports torch: versions come from package metadata.
+was measured. Stdlib only, and it never imports torch: versions come from package metadata. The device
+agent ships this file beside itself, so a device reports the same facts as the host.
 
 >>> environment()["cpu_flags"]
 ['avx2', 'avx512f', 'avx512_vnni']
@@ -74,7 +75,10 @@ def environment() -> dict[str, Any]:
 def package_versions() -> dict[str, str | None]:
     """Versions of edgetl, numpy, onnxruntime, openvino and torch (None: not installed), without importing
     any of them: an already imported module reports its ``__version__``, the rest their package metadata."""
-    from .. import __version__ as edgetl_version
+    try:
+        from .. import __version__ as edgetl_version
+    except ImportError:  # loaded outside the package, beside the device agent: no edgetl there
+        edgetl_version = None
 
     versions: dict[str, str | None] = {"edgetl": edgetl_version}
     for module, distributions in _DISTRIBUTIONS.items():

@@ -53,16 +53,22 @@ class Column:
 
 # The known columns, in display order; a column appears when any row has its key.
 COLUMNS: tuple[Column, ...] = (
+    Column("target", "target", _text, numeric=False),
     Column("variant", "variant", _text, numeric=False),
     Column("runtime", "runtime", _text, numeric=False),
     Column("batch", "batch", _text),
     Column("accuracy", "accuracy %", lambda v: f"{v:.2f}"),
+    Column("min_ms", "min ms", _ms),
     Column("median_ms", "median ms", _ms),
+    Column("mean_ms", "mean ms", _ms),
     Column("p90_ms", "p90 ms", _ms),
     Column("p99_ms", "p99 ms", _ms),
+    Column("std_ms", "std ms", _ms),
     Column("throughput", "items/s", _throughput),
     Column("size_mb", "size MB", lambda v: f"{v:.2f}"),
     Column("median_rel_ci", "spread", _spread),
+    Column("cold_start_s", "cold start s", lambda v: f"{v:.3f}"),
+    Column("peak_mb", "peak MB", lambda v: f"{v:.0f}"),
 )
 _DEFAULT_KEYS = ("runtime", "batch", "median_ms", "p90_ms", "p99_ms", "throughput", "median_rel_ci")
 

@@ -10,7 +10,6 @@ Talks only to a Runner, so the same loop times onnxruntime, OpenVINO, torch or a
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import time
@@ -23,7 +22,8 @@ import numpy as np
 
 from ..errors import EdgetlError
 from .environment import environment, peak_rss_mb, runtime_settings
-from .stats import CONFIDENCE, LatencyStats, StopReason, relative_ci, summarize
+from .loop import timed_runs
+from .stats import CONFIDENCE, LatencyStats, summarize
 
 if TYPE_CHECKING:  # types only: keeps this module loadable with numpy and a runtime alone
     from ..recipe import BenchConfig
@@ -116,62 +116,23 @@ def measure(
     if max_runs is not None and max_runs < min_runs:
         raise EdgetlError(f"max_runs ({max_runs}) must be at least min_runs ({min_runs})")
     batch = _make_batch(runner, batch_size, make_input, input_shape)
-
-    first_run_ms: float | None = None
-    for index in range(warmup):
-        start = clock()
-        runner.predict(batch)
-        if index == 0:
-            first_run_ms = (clock() - start) / 1e6
-
-    samples: list[int] = []
-    budget_ns = int(max_seconds * 1e9)
-    runs_when_budget_ended: int | None = None
-    next_check = min_runs
-    stopped_by: StopReason = "runs"
-    # A collector pause inside a timed call would be charged to the model, so collect now and
-    # keep the cyclic collector off while timing (as timeit does); refcounting still frees arrays.
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    phase_start = clock()
-    try:
-        while True:
-            start = clock()
-            runner.predict(batch)
-            end = clock()
-            samples.append(end - start)
-            count = len(samples)
-            if runs_when_budget_ended is None and end - phase_start >= budget_ns:
-                runs_when_budget_ended = count
-            if count < min_runs:
-                continue
-            # Sorting every run would cost more than a fast model's inference: check again
-            # only after ~10% more samples, which overshoots the needed count by at most that.
-            if target_rel_ci > 0 and count >= next_check:
-                if relative_ci(samples) <= target_rel_ci:
-                    stopped_by = "ci"
-                    break
-                next_check = count + max(1, count // 10)
-            if runs_when_budget_ended is not None:
-                stopped_by = "time" if runs_when_budget_ended >= min_runs else "runs"
-                break
-            if max_runs is not None and count >= max_runs:
-                stopped_by = "runs"
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    timed_seconds = (clock() - phase_start) / 1e9
-
+    run = timed_runs(
+        lambda: runner.predict(batch),
+        warmup=warmup,
+        min_runs=min_runs,
+        max_seconds=max_seconds,
+        target_rel_ci=target_rel_ci,
+        max_runs=max_runs,
+        clock=clock,
+    )
     return summarize(
-        samples,
+        run.samples_ns,
         batch_size=batch_size,
-        stopped_by=stopped_by,
+        stopped_by=run.stopped_by,
         peak_rss_mb=peak_rss_mb(),
-        first_run_ms=first_run_ms,
+        first_run_ms=run.first_run_ms,
         warmup_runs=warmup,
-        timed_seconds=timed_seconds,
+        timed_seconds=run.timed_seconds,
     )
 
 
