@@ -5,6 +5,10 @@ This module imports no backend at load time: torch, onnxruntime and openvino loa
 
 >>> runner = open_runner("model.onnx", "onnxruntime:CPUExecutionProvider", threads=2)
 >>> logits = runner.predict(batch)   # float32 (N, C, H, W) -> float32 (N, classes)
+
+Text models take several inputs: ``predict`` also accepts a dict of named arrays, e.g.
+``{"input_ids": ..., "attention_mask": ..., "token_type_ids": ...}`` (int64, (N, L)); inputs the model does not
+have are ignored, so one tokenizer output serves models with and without ``token_type_ids``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol, Union
 
 import numpy as np
 
@@ -21,17 +25,22 @@ from .errors import BackendUnavailable, EdgetlError
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Input shape with ``None`` for the dynamic batch axis, and its dtype."""
+    """The first input's shape (``None`` for dynamic axes) and dtype; ``names``: every input, in model order."""
 
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+    names: tuple[str, ...] = ()
+
+
+# One array for single-input models (images), or named arrays for multi-input models (text).
+Batch = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
 class Runner(Protocol):
     name: str  # e.g. "onnxruntime:CPUExecutionProvider"
     input_spec: InputSpec
 
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def predict(self, batch: Batch) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -82,6 +91,26 @@ def _require(module: str, extra: str) -> Any:
         raise BackendUnavailable(f"{module} is not installed ({exc}); run `pip install {extra}`") from None
 
 
+def _named_feed(batch: Mapping[str, np.ndarray], inputs: list[tuple[str, str]], runner: str) -> dict[str, np.ndarray]:
+    """The arrays for a model's ``inputs`` [(name, dtype)] out of a dict batch; extra entries are ignored."""
+    missing = [name for name, _ in inputs if name not in batch]
+    if missing:
+        raise EdgetlError(
+            f"{runner}: the batch lacks input(s) {', '.join(missing)} (has {', '.join(batch)}); "
+            "encode texts with the model's TextPreprocess"
+        )
+    return {name: np.ascontiguousarray(batch[name], dtype=dtype) for name, dtype in inputs}
+
+
+def _logits(output: Any) -> Any:
+    """The logits of a model output: a tensor, a transformers ModelOutput, or a tuple whose first item they are."""
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
 # -- torch ---------------------------------------------------------------------------------
 
 
@@ -102,16 +131,24 @@ class TorchRunner:
         self.name = f"torch:{device}"
         self.input_spec = input_spec or InputSpec((None,))
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            out = self.model(self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
-        return out.float().cpu().numpy()
+    def predict(self, batch: Batch) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            if isinstance(batch, Mapping):
+                tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
+                out = self.model(**tensors)
+            else:
+                out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return _logits(out).float().cpu().numpy()
 
     def close(self) -> None:
         self.model = None
 
 
 # -- onnxruntime ---------------------------------------------------------------------------
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32"}  # fmt: skip
 
 
 @register_backend("onnxruntime")
@@ -132,21 +169,29 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(model), options, providers=[provider])
         except Exception as exc:
             raise EdgetlError(f"onnxruntime cannot load {model}: {str(exc).splitlines()[0]}") from None
-        node = self.session.get_inputs()[0]
+        nodes = self.session.get_inputs()
+        node = nodes[0]
         self.input_name = node.name
+        self.inputs = [(n.name, _ORT_DTYPES.get(n.type, "float32")) for n in nodes]
         self.name = f"onnxruntime:{provider}"
         shape = tuple(d if isinstance(d, int) else None for d in node.shape)
-        self.input_spec = input_spec or InputSpec(shape, "float16" if "float16" in node.type else "float32")
+        names = tuple(name for name, _ in self.inputs)
+        self.input_spec = input_spec or InputSpec(shape, self.inputs[0][1], names)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        feed = np.ascontiguousarray(batch, dtype=self.input_spec.dtype)
-        return np.asarray(self.session.run(None, {self.input_name: feed})[0], dtype=np.float32)
+    def predict(self, batch: Batch) -> np.ndarray:
+        if isinstance(batch, Mapping):
+            feed = _named_feed(batch, self.inputs, self.name)
+        else:
+            feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_spec.dtype)}
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
 
     def close(self) -> None:
         self.session = None
 
 
 # -- OpenVINO ------------------------------------------------------------------------------
+
+_OV_DTYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32"}
 
 
 @register_backend("openvino")
@@ -178,17 +223,29 @@ class OpenVinoRunner:
             raise EdgetlError(f"OpenVINO cannot load {model}: {str(exc).splitlines()[0]}") from None
         self.request = self.compiled.create_infer_request()
         port = self.compiled.input(0)
+        self.inputs = [(_port_name(p, i), _OV_DTYPES.get(p.get_element_type().get_type_name(), "float32"))
+                       for i, p in enumerate(self.compiled.inputs)]  # fmt: skip
         self.name = f"openvino:{device}"
         shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
-        self.input_spec = input_spec or InputSpec(shape, "float32")
+        names = tuple(name for name, _ in self.inputs)
+        self.input_spec = input_spec or InputSpec(shape, self.inputs[0][1], names)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+    def predict(self, batch: Batch) -> np.ndarray:
+        if isinstance(batch, Mapping):
+            feed = _named_feed(batch, self.inputs, self.name)
+            result = self.request.infer({i: feed[name] for i, (name, _) in enumerate(self.inputs)})
+        else:
+            result = self.request.infer({0: np.ascontiguousarray(batch, dtype=self.input_spec.dtype)})
         return np.asarray(result[self.compiled.output(0)], dtype=np.float32).copy()
 
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _port_name(port: Any, index: int) -> str:
+    names = sorted(port.get_names())  # an IR converted from ONNX names every input; a hand-built one may not
+    return port.get_any_name() if names else f"input{index}"
 
 
 def available_backends() -> list[str]:

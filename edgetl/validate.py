@@ -47,11 +47,15 @@ class ValidationReport:
 
 
 def predict_logits(runner, data: LabeledImages, preprocess, batch_size: int = 64) -> np.ndarray:
-    """Run ``runner`` over every image of ``data`` in batches; returns float32 logits (N, classes)."""
+    """Run ``runner`` over every sample of ``data`` in batches; returns float32 logits (N, classes).
+
+    ``data`` holds images (``preprocess.normalize`` makes the batch) or texts (``.texts``; ``preprocess.encode``
+    makes a dict of named int64 arrays, which every Runner accepts).
+    """
     if len(data) == 0:
-        raise DataError("the validation split is empty; give the data source more images")
+        raise DataError("the validation split is empty; give the data source more samples")
     outputs = [
-        runner.predict(preprocess.normalize(data.images[start : start + batch_size]))
+        runner.predict(_model_inputs(data, preprocess, start, start + batch_size))
         for start in range(0, len(data), batch_size)
     ]
     logits = np.concatenate(outputs).astype(np.float32)
@@ -61,6 +65,12 @@ def predict_logits(runner, data: LabeledImages, preprocess, batch_size: int = 64
             "was the model trained on this dataset?"
         )
     return logits
+
+
+def _model_inputs(data, preprocess, start: int, stop: int):
+    if hasattr(data, "texts"):  # LabeledTexts with a TextPreprocess
+        return preprocess.encode(data.texts[start:stop])
+    return preprocess.normalize(data.images[start:stop])
 
 
 def validate(

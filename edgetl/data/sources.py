@@ -1,4 +1,5 @@
-"""Data sources, registered by name: ``fashion-mnist`` (IDX files) and ``folder`` (one sub-folder per class)."""
+"""Data sources, registered by name: ``fashion-mnist`` (IDX files), ``folder`` (one sub-folder per class),
+``banking77`` and ``text-file`` (CSV/TSV/JSONL; see text.py)."""
 
 from __future__ import annotations
 
@@ -159,3 +160,7 @@ def _load_folder(root: Path, preprocess, expected_classes: list[str] | None = No
     if expected_classes is not None and classes != expected_classes:
         raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}")
     return LabeledImages(np.stack([preprocess.resize(path) for path in files]), labels, classes)
+
+
+# Text sources ("banking77", "text-file") register themselves; imported last because they use register_source.
+from . import text as _text  # noqa: E402,F401

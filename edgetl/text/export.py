@@ -1,0 +1,266 @@
+"""Text classifiers to ONNX (optimum-onnx) and OpenVINO IR (optimum-intel), and the shape contract.
+
+Both exports take a model folder (``save_text_classifier`` output), run Optimum's "text-classification" export
+with dynamic batch and sequence axes, and copy the tokenizer files beside the model, so each output folder is
+self-contained: model file(s), config.json, tokenizer.json (+ companions).
+
+The shape contract runs every exported variant against the torch reference at several batch sizes and
+sequence lengths, with padded rows, and raises ExportError on any mismatch.
+
+>>> onnx_info = export_onnx_optimum("runs/x/teacher", "runs/x/artifacts/onnx-fp32")
+>>> ov_info = export_openvino_optimum("runs/x/teacher", "runs/x/artifacts/openvino-fp32")
+>>> report = check_shape_contract(model, {"onnx": (onnx_info.model_file, "onnxruntime:CPUExecutionProvider")})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailable, ExportError
+from .backbones import copy_tokenizer_files, load_text_classifier
+
+TASK = "text-classification"
+DEFAULT_OPSET = 18  # Optimum warns that BERT wants at least 18 (its attention export); ORT and OpenVINO read it
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "openvino_model.xml"
+# Shape contract: batch sizes x sequence lengths, and the largest |logit| difference allowed per precision.
+CONTRACT_BATCHES = (1, 8)
+CONTRACT_LENGTHS = (8, 32, 128)
+CONTRACT_ATOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.5}
+
+
+@dataclass
+class TextExportInfo:
+    """What an export wrote: the folder, the model file to open, format, opset (ONNX), precision, seconds."""
+
+    folder: str
+    model_file: str
+    format: str  # "onnx" or "openvino"
+    precision: str = "fp32"
+    opset: int | None = None
+    inputs: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    exporter: str = ""  # e.g. "optimum-onnx 0.1.0"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_onnx_optimum(
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET
+) -> TextExportInfo:
+    """Export the classifier in ``model_dir`` to ``out_dir``/model.onnx with optimum-onnx (dynamic batch/sequence)."""
+    exporter = _require("optimum.exporters.onnx", "optimum-onnx")
+    model = load_text_classifier(model_dir)
+    start = time.perf_counter()
+    with _staging(out_dir) as stage:
+        try:
+            # The in-memory model keeps edgetl's mean-pooling head (main_export would rebuild the folder's model
+            # through AutoModelForSequenceClassification, i.e. BERT's [CLS] pooler). Validation is ours: the
+            # shape contract below, which blocks, where Optimum's only warns.
+            with _as_transformers_class(model):
+                exporter.onnx_export_from_model(model, stage, opset=opset, task=TASK, do_validation=False)
+        except Exception as exc:
+            raise ExportError(f"optimum-onnx could not export {model_dir}: {_first_line(exc)}") from None
+        _finish(model_dir, stage)
+    import onnx
+
+    out = Path(out_dir)
+    proto = onnx.load(str(out / ONNX_FILE), load_external_data=False)
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return TextExportInfo(
+        folder=str(out), model_file=str(out / ONNX_FILE), format="onnx", opset=opset_used,
+        inputs=[i.name for i in proto.graph.input], files=sorted(p.name for p in out.iterdir()),
+        seconds=round(time.perf_counter() - start, 2), exporter=f"optimum-onnx {_version('optimum-onnx')}",
+    )  # fmt: skip
+
+
+def export_openvino_optimum(
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fp16: bool = False
+) -> TextExportInfo:
+    """Export the classifier in ``model_dir`` to OpenVINO IR with optimum-intel; weights FP32 unless ``fp16``."""
+    exporter = _require("optimum.exporters.openvino", "optimum-intel")
+    model = load_text_classifier(model_dir)
+    start = time.perf_counter()
+    ov_config = None
+    if fp16:
+        from optimum.intel import OVConfig
+
+        ov_config = OVConfig(dtype="fp16")
+    with _staging(out_dir) as stage:
+        try:
+            with _as_transformers_class(model):
+                exporter.export_from_model(model, stage, task=TASK, ov_config=ov_config, stateful=False)
+        except Exception as exc:
+            raise ExportError(f"optimum-intel could not export {model_dir}: {_first_line(exc)}") from None
+        if not (stage / OPENVINO_FILE).is_file():
+            raise ExportError(
+                f"optimum-intel wrote no {OPENVINO_FILE} for {model_dir}; "
+                f"files: {sorted(p.name for p in stage.iterdir())}"
+            )
+        _finish(model_dir, stage)
+    import openvino as ov
+
+    out = Path(out_dir)
+    ov_model = ov.Core().read_model(str(out / OPENVINO_FILE))
+    return TextExportInfo(
+        folder=str(out), model_file=str(out / OPENVINO_FILE), format="openvino", precision="fp16" if fp16 else "fp32",
+        inputs=[p.get_any_name() for p in ov_model.inputs], files=sorted(p.name for p in out.iterdir()),
+        seconds=round(time.perf_counter() - start, 2), exporter=f"optimum-intel {_version('optimum-intel')}",
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _staging(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` that replaces it only when the export succeeded."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+
+
+@contextlib.contextmanager
+def _as_transformers_class(model: Any) -> Iterator[None]:
+    """Let Optimum treat edgetl's classifier as the transformers BERT model it is.
+
+    Optimum infers the model's library from the class's module name (``transformers.*``) and refuses others;
+    for the export only, the model gets a subclass that declares a transformers module. Its config
+    (model_type "bert"), inputs and ``logits`` output are already those of a BERT text classifier.
+    """
+    original = type(model)
+    if original.__module__.startswith("transformers"):
+        yield
+        return
+    model.__class__ = type(original.__name__, (original,), {"__module__": "transformers.models.bert.edgetl"})
+    try:
+        yield
+    finally:
+        model.__class__ = original
+
+
+def _finish(model_dir: str | os.PathLike, stage: Path) -> None:
+    copy_tokenizer_files(model_dir, stage)
+
+
+def _require(module: str, package: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f'{module} is not importable ({exc}); run `pip install -c constraints.txt -e ".[text]"` ({package})'
+        ) from None
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# -- the shape contract -------------------------------------------------------------------------
+
+
+@dataclass
+class ContractCase:
+    variant: str
+    runtime: str
+    batch: int
+    length: int
+    max_abs_diff: float
+    agreement: float
+    passed: bool
+
+
+def contract_inputs(batch: int, length: int, *, vocab_size: int, seed: int = 0, cls_id: int = 2, sep_id: int = 3,
+                    pad_id: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+    """Token batches of ``length`` where rows after the first are padded to random shorter lengths."""
+    rng = np.random.default_rng(seed + 1000 * batch + length)
+    ids = rng.integers(5, vocab_size, (batch, length), dtype=np.int64)
+    lengths = np.full(batch, length)
+    if batch > 1:
+        lengths[1:] = rng.integers(2, length + 1, batch - 1)
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    ids[:, 0] = cls_id
+    ids[np.arange(batch), lengths - 1] = sep_id
+    ids[mask == 0] = pad_id
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def check_shape_contract(reference, variants: dict[str, tuple[str | os.PathLike, str]], *,
+                         batches: Sequence[int] = CONTRACT_BATCHES, lengths: Sequence[int] = CONTRACT_LENGTHS,
+                         precision: str = "fp32", atol: float | None = None, threads: int = 0,
+                         preprocess=None, raise_on_failure: bool = True) -> list[ContractCase]:  # fmt: skip
+    """Run every variant {name: (model file, runtime)} against the torch ``reference`` model at each batch size
+    and sequence length; every case must give logits of shape (batch, classes) within ``atol`` of the reference.
+
+    ``preprocess`` (a TextPreprocess) supplies the real [CLS]/[SEP]/[PAD] ids; without it BERT's usual layout
+    of a WordPiece vocabulary is assumed. Raises ExportError listing the failing cases (unless
+    ``raise_on_failure`` is False).
+    """
+    from ..runners import open_runner
+
+    tolerance = atol if atol is not None else CONTRACT_ATOL[precision]
+    vocab_size = int(reference.config.vocab_size)
+    special = {"cls_id": 2, "sep_id": 3, "pad_id": int(reference.config.pad_token_id or 0)}
+    if preprocess is not None:
+        tokenizer = preprocess.tokenizer()
+        for key, token in (("cls_id", "[CLS]"), ("sep_id", "[SEP]"), ("pad_id", preprocess.pad_token)):
+            if tokenizer.token_to_id(token) is not None:
+                special[key] = tokenizer.token_to_id(token)
+    positions = int(reference.config.max_position_embeddings)
+    torch_runner = open_runner(reference, "torch:cpu")
+    cases: list[ContractCase] = []
+    for variant, (path, runtime) in variants.items():
+        runner = open_runner(path, runtime, threads=threads)
+        try:
+            for length in lengths:
+                if length > positions:
+                    raise ExportError(f"shape contract length {length} exceeds the model's {positions} positions")
+                for batch in batches:
+                    feed = contract_inputs(batch, length, vocab_size=vocab_size, **special)
+                    expected = torch_runner.predict(feed)
+                    got = runner.predict(feed)
+                    if got.shape != expected.shape:
+                        cases.append(ContractCase(variant, runner.name, batch, length, float("inf"), 0.0, False))
+                        continue
+                    diff = float(np.abs(got - expected).max())
+                    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+                    cases.append(ContractCase(variant, runner.name, batch, length, diff, agreement, diff <= tolerance))
+        finally:
+            runner.close()
+    failed = [case for case in cases if not case.passed]
+    if failed and raise_on_failure:
+        worst = ", ".join(
+            f"{c.variant} batch {c.batch} x {c.length} tokens: |Δ| {c.max_abs_diff:.3g}" for c in failed[:4]
+        )
+        raise ExportError(
+            f"shape contract failed for {len(failed)} case(s) (atol {tolerance}): {worst}; re-export the model"
+        )
+    return cases
