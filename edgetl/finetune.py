@@ -9,31 +9,34 @@ accuracy), ``metrics.json`` (one entry per epoch), ``last.pt`` (for resuming) an
 
 from __future__ import annotations
 
-import hashlib
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._io import atomic_path, read_json, write_json
 from .backbones import create_model, get_spec
 from .data.dataset import LabeledImages, Splits
-from .data.preprocess import Preprocess
-from .errors import DataError, RecipeError, WeightsError
+from .errors import RecipeError, WeightsError
 from .recipe import FinetuneConfig, Recipe
+from .training import (
+    CHECKPOINT_FILE, META_FILE, METRICS_FILE, RESULT_FILE, STATE_FILE, cross_entropy_step, evaluate, load_weights_file,
+    rng_state, save_checkpoint, seed_everything, set_rng_state, ticker,
+)
+from .training import accuracy as _accuracy
+from .training import augment as _augment
+from .training import batches as _batches
+from .training import check_splits as _check_splits
+from .training import fingerprint as _fingerprint
+from .training import progress_bar as _progress_bar
+from .training import train_epoch as _train_epoch
 
-CHECKPOINT_FILE = "best.safetensors"
-META_FILE = "checkpoint.json"
-METRICS_FILE = "metrics.json"
-STATE_FILE = "last.pt"
-RESULT_FILE = "result.json"
+__all__ = ["CHECKPOINT_FILE", "META_FILE", "METRICS_FILE", "RESULT_FILE", "STATE_FILE", "FinetuneResult", "evaluate",
+           "finetune", "load_checkpoint"]
 PROBE = "probe"
 
 # Each unfrozen group further from the output learns at this fraction of the one above it: deeper
@@ -87,23 +90,6 @@ def finetune(recipe: Recipe, splits: Splits, out_dir: Path, *, progress: bool = 
         torch.set_num_threads(threads)
 
 
-def evaluate(model: nn.Module, images: LabeledImages, preprocess: Preprocess, batch_size: int = 128) -> float:
-    """Top-1 accuracy of ``model`` on ``images``, in percent; the model's train/eval modes are restored."""
-    if len(images) == 0:
-        raise DataError("cannot evaluate on an empty split; give the data source more images")
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    correct = 0
-    try:
-        with torch.inference_mode():
-            for batch, labels in _batches(images, preprocess, batch_size):
-                correct += int((model(batch).argmax(1) == labels).sum())
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-    return 100.0 * correct / len(images)
-
-
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The best fine-tuned model (eval mode) and its metadata, from a fine-tune folder or its .safetensors."""
     from safetensors.torch import load_file
@@ -133,32 +119,6 @@ def _check_config(config: FinetuneConfig) -> None:
         raise RecipeError("finetune.unfreeze, stage_epochs and probe_epochs take positive numbers, batch_size >= 2")
 
 
-def _check_splits(splits: Splits, image_size: int) -> None:
-    for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        if len(split) == 0:
-            raise DataError(f"the {name} split is empty; give the data source more images or set data.{name}_per_class")
-        if split.classes != splits.classes:
-            raise DataError(f"the {name} split has classes {split.classes} but train has {splits.classes}; "
-                            "load all splits from the same source")
-        if split.images.shape[1:3] != (image_size, image_size):
-            raise DataError(f"{name} images are {split.images.shape[1:3]} but model.image_size is {image_size}; "
-                            "load the splits with get_spec(backbone).preprocess(model.image_size)")
-    if len(splits.classes) < 2:
-        raise DataError(f"fine-tuning needs at least 2 classes, got {len(splits.classes)}; add class folders")
-    missing = [c for c, n in splits.train.class_counts().items() if n == 0]
-    if missing:
-        raise DataError(f"the train split has no images of class {missing[0]!r}; add some or remove the class")
-
-
-def _fingerprint(splits: Splits) -> str:
-    """Cheap identity of the data actually passed in: classes, shapes and labels of every split."""
-    digest = hashlib.sha256(repr(splits.classes).encode())
-    for split in (splits.train, splits.val, splits.test):
-        digest.update(repr(split.images.shape).encode())
-        digest.update(np.ascontiguousarray(split.labels).tobytes())
-    return digest.hexdigest()[:16]
-
-
 # -- the training run -----------------------------------------------------------------------------
 
 
@@ -169,9 +129,7 @@ class _Trainer:
         self.recipe, self.config, self.splits, self.out_dir, self.key = recipe, recipe.finetune, splits, out_dir, key
         self.preprocess = get_spec(recipe.model.backbone).preprocess(recipe.model.image_size)
         weights = None if recipe.model.weights == "none" else recipe.model.weights
-        random.seed(recipe.run.seed)
-        np.random.seed(recipe.run.seed % 2**32)
-        torch.manual_seed(recipe.run.seed)
+        seed_everything(recipe.run.seed)
         self.model = create_model(recipe.model.backbone, num_classes=len(splits.classes),
                                   image_size=recipe.model.image_size, weights=weights)
         # NHWC is about 1.5x faster for these depthwise convolutions on CPU, in training and inference.
@@ -218,7 +176,8 @@ class _Trainer:
             start, lr = time.perf_counter(), scheduler.get_last_lr()[0]
             order = torch.randperm(len(train[0])).split(config.batch_size)
             batches = ((train[0][rows], train[1][rows]) for rows in order)
-            loss, accuracy = _train_epoch(head, batches, optimizer, scheduler, config.label_smoothing, tick)
+            loss, accuracy = _train_epoch(cross_entropy_step(head, config.label_smoothing), batches, optimizer,
+                                          scheduler, tick)
             with torch.inference_mode():
                 val_accuracy = _accuracy(head(val[0]), val[1])
             if val_accuracy > best_val:
@@ -257,8 +216,8 @@ class _Trainer:
         for epoch in range(state["epoch"] + 1, epochs + 1):
             start, lr = time.perf_counter(), scheduler.get_last_lr()[0]  # the head's; deeper groups get less
             self._train_mode()
-            loss, accuracy = _train_epoch(self.model, self._train_batches(steps), optimizer, scheduler,
-                                          config.label_smoothing, tick)
+            loss, accuracy = _train_epoch(cross_entropy_step(self.model, config.label_smoothing),
+                                          self._train_batches(steps), optimizer, scheduler, tick)
             val_accuracy = evaluate(self.model, self.splits.val, self.preprocess, 2 * config.batch_size)
             self._record(name, n_groups, epoch, loss, accuracy, val_accuracy, lr, time.perf_counter() - start)
             if val_accuracy > self.best["val_accuracy"]:
@@ -308,9 +267,8 @@ class _Trainer:
 
     # -- records and files -----------------------------------------------------------------------
 
-    def _ticker(self, name: str, steps: int, completed: int = 0) -> Callable[[float, float], None]:
-        task = self.bar.add_task(name, total=steps, completed=completed, loss=0.0, acc=0.0)
-        return lambda loss, accuracy: self.bar.update(task, advance=1, loss=loss, acc=accuracy)
+    def _ticker(self, name: str, steps: int, completed: int = 0) -> Any:
+        return ticker(self.bar, name, steps, completed)
 
     def _log(self, message: str) -> None:
         if self.verbose:
@@ -327,32 +285,23 @@ class _Trainer:
                          f"lr {lr:.2e}, {seconds:.1f} s")
 
     def _save_best(self, val_accuracy: float, stage: str, epoch: int) -> None:
-        from safetensors.torch import save
-
         self.best = {"val_accuracy": val_accuracy, "stage": stage, "epoch": epoch}
-        with atomic_path(self.out_dir / CHECKPOINT_FILE) as tmp:
-            tmp.write_bytes(save({k: v.contiguous() for k, v in self.model.state_dict().items()}))
-        write_json(self.out_dir / META_FILE, {
+        save_checkpoint(self.out_dir, self.model, {
             "backbone": self.recipe.model.backbone, "num_classes": len(self.splits.classes),
             "image_size": self.recipe.model.image_size, "classes": self.splits.classes,
             "preprocess": self.preprocess.to_dict(), **self.best,
         })
 
     def _load_best(self) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(str(self.out_dir / CHECKPOINT_FILE)))
+        load_weights_file(self.model, self.out_dir)
 
     def _save_state(self, state: dict[str, Any]) -> None:
         """Everything a resumed run needs, after each completed epoch (and after the probe)."""
         now = time.perf_counter()
         self.seconds, self.started = self.seconds + now - self.started, now
-        numpy_state = np.random.get_state()
         payload = {
             **state, "key": self.key, "model": self.model.state_dict(), "best": self.best, "probe": self.probe,
-            "history": self.history, "seconds": self.seconds,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:])},
+            "history": self.history, "seconds": self.seconds, "rng": rng_state(),
         }
         with atomic_path(self.out_dir / STATE_FILE) as tmp:
             torch.save(payload, tmp)
@@ -371,10 +320,7 @@ class _Trainer:
         self.model.load_state_dict(state["model"])
         self.best, self.probe, self.history = state["best"], state["probe"], state["history"]
         self.seconds = state["seconds"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
+        set_rng_state(state["rng"])
         return state
 
     def _finish(self) -> FinetuneResult:
@@ -393,56 +339,3 @@ class _Trainer:
         self._log(f"best: {result.best_stage} epoch {result.best_epoch}, val {result.val_accuracy:.2f}%, "
                   f"test {result.test_accuracy:.2f}%; {result.seconds:.0f} s of training")
         return result
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def _batches(images: LabeledImages, preprocess: Preprocess, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised NCHW (channels-last in memory) batches and their labels, in order."""
-    for start in range(0, len(images), size):
-        batch = torch.from_numpy(preprocess.normalize(images.images[start : start + size]))
-        yield batch.contiguous(memory_format=torch.channels_last), torch.from_numpy(images.labels[start : start + size])
-
-
-def _train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                 optimizer: torch.optim.Optimizer, scheduler: Any, label_smoothing: float,
-                 tick: Callable[[float, float], None]) -> tuple[float, float]:
-    """One pass over ``batches`` with a (per-step) scheduler; returns mean loss and accuracy (percent)."""
-    loss_sum, correct, count = 0.0, 0, 0
-    for inputs, labels in batches:
-        logits = forward(inputs)
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum, count = loss_sum + loss.item() * len(labels), count + len(labels)
-        correct += int((logits.detach().argmax(1) == labels).sum())
-        tick(loss_sum / count, 100.0 * correct / count)
-    return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
-
-
-def _augment(batch: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to ``max_shift`` pixels, per image."""
-    n, _, height, width = batch.shape
-    flip = torch.rand(n) < 0.5
-    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-    if max_shift <= 0:
-        return batch
-    # Reflect, not zero: a zero in normalised units is mid-grey, not the image's own border.
-    padded = F.pad(batch, (max_shift,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n)).tolist()
-    return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
-
-
-def _progress_bar(enabled: bool) -> Any:
-    """A rich progress bar, one task per stage, with the running loss and accuracy; silent when disabled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%"), disable=not enabled)

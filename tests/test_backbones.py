@@ -92,3 +92,36 @@ def test_unfreeze_groups_cover_every_parameter_once():
     head = list(model.head().parameters())
     assert len({id(p) for p in grouped + head}) == len(list(model.parameters())) == len(grouped) + len(head)
     assert all(group for group in model.unfreeze_groups())
+
+
+def test_slim_student_takes_the_package_weights_of_the_blocks_it_keeps(lite0_imagenet):
+    slim = create_model("efficientnet_lite0_slim", num_classes=1000).eval()
+    assert len(slim._blocks) == 7 and slim.block_sources == [0, 1, 3, 5, 8, 11, 15]
+    for index, source in enumerate(slim.block_sources):
+        kept, original = slim._blocks[index], lite0_imagenet._blocks[source]
+        assert torch.equal(kept._depthwise_conv.weight, original._depthwise_conv.weight)
+        assert torch.equal(kept._bn2.running_var, original._bn2.running_var)
+    assert torch.equal(slim._conv_head.weight, lite0_imagenet._conv_head.weight)
+    assert torch.equal(slim._fc.weight, lite0_imagenet._fc.weight)
+    assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in lite0_imagenet.parameters())
+
+
+def test_slim_student_round_trips_its_own_state_dict_and_exports_to_onnx(tmp_path):
+    import onnxruntime as ort
+    from safetensors.torch import save_file
+
+    from edgetl.export import export_onnx
+
+    torch.manual_seed(0)
+    slim = create_model("efficientnet_lite0_slim", num_classes=10, image_size=64).eval()
+    path = tmp_path / "slim.safetensors"
+    save_file({k: v.contiguous() for k, v in slim.state_dict().items()}, str(path))
+    again = create_model("efficientnet_lite0_slim", num_classes=10, image_size=64, weights=path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = slim(x)
+        assert torch.equal(again.forward_features(x), slim.forward_features(x))  # a 10-class head is never loaded
+    export_onnx(slim, tmp_path / "slim.onnx", input_shape=(3, 64, 64))
+    session = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
