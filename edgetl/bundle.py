@@ -154,13 +154,15 @@ def ship(
     recipe_hash: str,
     card: dict[str, Any],
     validation_slice: ValidationSlice | None = None,
+    default: str | None = None,
 ) -> ShippedBundle:
     """Write ``output_dir/<name>/`` and ``output_dir/<name>.tar.gz`` from artifacts that passed validation.
 
     Raises BundleError, before writing anything, if any artifact failed validation (naming each with its
     reasons) or none was given. The bundle is built in a temporary folder and renamed into place only when
     complete, so a failure leaves an older bundle of the same name as it was. ``validation_slice`` is
-    shipped as ``validation/slice.npz`` for checking the models on each target device.
+    shipped as ``validation/slice.npz`` for checking the models on each target device. ``default`` names the
+    artifact ``predict`` uses when none is asked for (otherwise the first ONNX one).
     """
     _check_name(name, "bundle name")
     failed = [artifact for artifact in artifacts if not artifact.passed]
@@ -196,7 +198,7 @@ def ship(
             "recipe_hash": recipe_hash,
             "num_labels": len(labels),
             "input_shape": list(preprocess.input_shape),
-            "default_artifact": _default_artifact(artifacts),
+            "default_artifact": _default_artifact(artifacts, default),
             "artifacts": entries,
         }
         if validation_slice is not None:
@@ -283,7 +285,11 @@ def _copy_artifact(artifact: Artifact, staging: Path) -> dict[str, Any]:
     return entry
 
 
-def _default_artifact(artifacts: list[Artifact]) -> str:
+def _default_artifact(artifacts: list[Artifact], chosen: str | None = None) -> str:
+    if chosen is not None:
+        if chosen not in {artifact.name for artifact in artifacts}:
+            raise BundleError(f"default artifact {chosen!r} is not among the shipped {[a.name for a in artifacts]}")
+        return chosen
     # ONNX first: onnxruntime is the runtime most devices can install.
     onnx = [artifact for artifact in artifacts if artifact.format == "onnx"]
     return (onnx or artifacts)[0].name

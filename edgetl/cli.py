@@ -21,8 +21,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped or logged output gets wide lines rather than a table folded to rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 RecipeArg = Annotated[Optional[Path], typer.Argument(help="Recipe TOML; none runs the built-in example.")]
 SetOpt = Annotated[
@@ -50,28 +51,50 @@ def _context(recipe: Path | None, overrides: list[str] | None, quiet: bool):
     return RunContext(load_recipe(recipe, overrides), progress=not quiet, log=lambda m: out.print(m, highlight=False))
 
 
-def _print_summary(validation: dict, benchmarks: dict) -> None:
-    from .bench import format_table
-    from .pipeline import summary_rows
+# What the run table shows; summary.json keeps every column (runtime, p99, spread, teacher agreement, ...).
+_SUMMARY_COLUMNS = ("variant", "batch", "accuracy", "agreement", "median_ms", "p90_ms", "throughput", "size_mb",
+                    "median_rel_ci", "speedup", "verdict", "selected")
 
-    out.print(format_table(summary_rows(validation, benchmarks)))
+
+def _print_summary(rows: list[dict], decisions: dict | None = None) -> None:
+    from .bench import format_table
+
+    shown = [{k: row[k] for k in _SUMMARY_COLUMNS if k in row} for row in rows]
+    for row in shown:
+        if row.get("speedup") is not None:
+            row["×torch"] = row.pop("speedup")
+        else:
+            row.pop("speedup", None)
+    out.print(format_table(shown))
+    for name, decision in (decisions or {}).items():
+        if decision["status"] != "reference":
+            mark = " (default)" if decision.get("default") else ""
+            out.print(f"  {name}: {decision['status']}{mark} - {decision['reason']}", highlight=False)
 
 
 @app.command()
 def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Fine-tune, export, validate, benchmark and ship, from one recipe."""
+    """Fine-tune, distill, export, quantize, validate, benchmark and ship, from one recipe."""
     from .pipeline import run as run_pipeline
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe, set_)
     summary = run_pipeline(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
-    from .bench import format_table
-
-    out.print(format_table(summary["variants"]))
+    _print_summary(summary["variants"], summary["decisions"])
     out.print(
         f"linear probe {summary['probe_test_accuracy']:.2f}% -> fine-tuned {summary['test_accuracy']:.2f}% test accuracy"
     )
-    out.print(f"bundle: {summary['bundle']}  ({summary['archive']})  in {summary['seconds']:.0f} s")
+    if summary["distill"]:
+        _print_distill(summary["distill"])
+    out.print(f"bundle: {summary['bundle']}  ({summary['archive']}), default artifact {summary['default_artifact']}, "
+              f"in {summary['seconds']:.0f} s")
+
+
+def _print_distill(result: dict) -> None:
+    baseline = result.get("baseline_test_accuracy")
+    without = f"; without the teacher {baseline:.2f}%" if baseline is not None else ""
+    out.print(f"distilled {result['student']}: {result['student_test_accuracy']:.2f}% test accuracy "
+              f"({result['relative_accuracy']:.1%} of the teacher's {result['teacher_test_accuracy']:.2f}%){without}")
 
 
 @app.command()
@@ -84,12 +107,38 @@ def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
 
 
 @app.command()
+def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Knowledge distillation of the fine-tuned teacher into a smaller student (with the no-teacher ablation)."""
+    from .pipeline import distill_stage
+
+    result = distill_stage(_context(recipe, set_, quiet))
+    if result is None:
+        out.print("distillation is off in this recipe (distill.enabled = false)")
+        return
+    from .pipeline import distill_summary
+
+    _print_distill(distill_summary(result))
+
+
+@app.command()
 def export(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Export the fine-tuned model to ONNX and OpenVINO IR."""
     from .pipeline import export_stage
 
     for record in export_stage(_context(recipe, set_, quiet)):
         out.print(f"{record['variant']}: {', '.join(record['files'])} ({record['exporter']}, opset {record['opset']})")
+
+
+@app.command()
+def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Quantize the exported models with every method in quantize.methods (INT8 static/dynamic, FP16)."""
+    from .pipeline import quantize_stage
+
+    for name, record in quantize_stage(_context(recipe, set_, quiet)).items():
+        if record is None:
+            out.print(f"{name}: skipped (see the log above)")
+        else:
+            out.print(f"{name}: {', '.join(record['files'])} from {record['source']}")
 
 
 @app.command()
@@ -126,8 +175,12 @@ def bench(
     if not target:
         from .pipeline import bench_stage, validate_stage
 
+        from .pipeline import select, summary_rows
+
         ctx = _context(source, set_, quiet)
-        _print_summary(validate_stage(ctx), bench_stage(ctx))
+        validation, benchmarks = validate_stage(ctx), bench_stage(ctx)
+        decisions = select(ctx, validation, benchmarks)
+        _print_summary(summary_rows(validation, benchmarks, decisions), decisions)
         return
     from .bench import format_table
     from .bench.remote import bench_targets

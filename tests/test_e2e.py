@@ -16,8 +16,11 @@ SMALL = [
     "run.name='e2e'", "model.image_size=32", "data.train_per_class=30", "data.val_per_class=10",
     "data.test_per_class=20", "finetune.probe_epochs=10", "finetune.unfreeze=[2]", "finetune.stage_epochs=[1]",
     "bench.batch_sizes=[1]", "bench.min_runs=5", "bench.max_seconds=0.3", "bench.warmup=2",
-    "validate.gate.min_agreement=0.97",
+    "validate.gate.min_agreement=0.97", "distill.epochs=1", "distill.min_relative_accuracy=0.5",
+    "quantize.calibration_size=40",
 ]
+FP32 = ["torch-fp32", "onnx-fp32", "openvino-fp32"]
+QUANTIZED = ["onnx-int8-dynamic", "onnx-int8-static", "openvino-int8"]
 
 
 def _edgetl(tmp_path, *args):
@@ -35,12 +38,22 @@ def finished_run(tmp_path_factory):
 
 def test_run_ships_a_verified_bundle_with_a_table(finished_run):
     root, _, result = finished_run
-    for variant in ("torch-fp32", "onnx-fp32", "openvino-fp32"):
+    expected = FP32 + QUANTIZED + [f"student-{name}" for name in FP32 + QUANTIZED]
+    for variant in expected:
         assert variant in result.stdout
     summary = json.loads((root / "runs/e2e/summary.json").read_text())
-    assert {row["variant"] for row in summary["variants"]} == {"torch-fp32", "onnx-fp32", "openvino-fp32"}
+    assert {row["variant"] for row in summary["variants"]} == set(expected)
     assert summary["test_accuracy"] > 30  # 10 classes: chance is 10%
+    assert summary["distill"]["baseline_test_accuracy"] is not None  # the no-teacher ablation ran
     assert all(row["median_ms"] > 0 for row in summary["variants"])
+    # Every artifact is either shipped, a torch reference, or has a reason it lost.
+    decisions = summary["decisions"]
+    assert set(decisions) == set(expected) and all(d["reason"] for d in decisions.values())
+    shipped = {name for name, d in decisions.items() if d["status"] == "shipped"}
+    manifest = json.loads((root / "models/e2e/manifest.json").read_text())
+    assert set(manifest["artifacts"]) == shipped and manifest["default_artifact"] == summary["default_artifact"]
+    assert all(manifest["artifacts"][name]["validation"]["passed"] for name in shipped)
+    assert (root / "models/e2e/validation/slice.npz").is_file()
     assert (root / "models/e2e.tar.gz").is_file() and (root / "runs/e2e/recipe.toml").is_file()
     verify = _edgetl(root, "verify", "models/e2e")
     assert verify.returncode == 0, verify.stderr
@@ -70,4 +83,5 @@ def test_rerun_skips_finished_stages(finished_run):
     root, args, _ = finished_run
     result = _edgetl(root, *args)
     assert result.returncode == 0, result.stderr
-    assert "export:" not in result.stdout and "bench:" not in result.stdout and "validate:" not in result.stdout
+    for stage in ("export:", "quantize:", "validate:", "bench:"):
+        assert stage not in result.stdout

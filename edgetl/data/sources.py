@@ -41,9 +41,9 @@ def get_source(name: str) -> Callable:
 
 def find_fashion_mnist(path: str | os.PathLike | None = None) -> Path:
     """The folder holding the four IDX files: ``path``, $EDGETL_FASHION_MNIST, or Debian's location."""
-    candidates = [Path(p) for p in (path, os.environ.get("EDGETL_FASHION_MNIST")) if p] or [
-        Path(p) for p in FASHION_MNIST_DIRS
-    ]
+    # A folder the user names is the only place looked at: a wrong data.path is an error, not a fallback.
+    named = path or os.environ.get("EDGETL_FASHION_MNIST")
+    candidates = [Path(named)] if named else [Path(p) for p in FASHION_MNIST_DIRS]
     for folder in candidates:
         if _idx_file(folder, "train-images-idx3-ubyte") is not None:
             return folder

@@ -1,0 +1,206 @@
+"""OpenVINO methods: NNCF post-training INT8, accuracy-aware INT8, FP16 IR.
+
+Every IR is saved with ``compress_to_fp16=False`` except ``openvino-fp16``, whose whole point it is.
+On CPU all of them run with ``INFERENCE_PRECISION_HINT=f32`` (edgetl's OpenVINO runner): INT8 layers
+execute in INT8 whatever the hint, the layers left in floating point then compute exactly as NNCF's
+accuracy control measured them, and FP16 weights are widened to FP32 at load time (CPUs without
+AMX-FP16 have no FP16 arithmetic). The CPU plugin's own default on AVX-512 BF16 machines is bf16,
+which changes the answers; edgetl never ships that silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable, QuantizationError
+from . import QuantizeInfo, Quantizer, register_quantizer, skipped_from
+
+RUNTIME = "openvino:CPU"
+_PRESETS = ("performance", "mixed")
+
+
+def _ov():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable("openvino is not installed; run `pip install openvino`") from None
+    return ov
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise BackendUnavailable("nncf is not installed; run `pip install nncf`") from None
+    return nncf
+
+
+def read_model(path: Path):
+    """An ``ov.Model`` from an IR ``.xml`` or an ONNX file; an operator OpenVINO cannot read is named."""
+    ov = _ov()
+    try:
+        return ov.Core().read_model(str(path))
+    except Exception as exc:
+        op_types: set[str] = set()
+        if path.suffix == ".onnx":
+            import onnx
+
+            op_types = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        raise skipped_from(exc, f"openvino ({path.name})", op_types, "OpenVINO") from None
+
+
+def _op_types(model) -> set[str]:
+    return {op.get_type_name() for op in model.get_ops()}
+
+
+def _model_info(model) -> dict[str, str]:
+    """The ``model_info`` section of an IR's rt_info (labels, preprocessing) as strings."""
+    try:
+        section = model.get_rt_info(["model_info"])
+    except Exception:
+        return {}
+    try:
+        return {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in section.astype(dict).items()}
+    except Exception:
+        return {}
+
+
+def _save(model, work: Path, metadata: dict[str, str], method: str, *, compress_to_fp16: bool) -> list[str]:
+    ov = _ov()
+    for key, value in {**metadata, "quantization": method}.items():
+        model.set_rt_info(value, ["model_info", key])
+    xml = work / "model.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    return [xml.name, xml.with_suffix(".bin").name]
+
+
+def _nncf_dataset(images: np.ndarray):
+    """NNCF's data protocol over a float32 NCHW array: one image per item."""
+    return _nncf().Dataset([images[i : i + 1] for i in range(len(images))])
+
+
+def _preset(config):
+    nncf = _nncf()
+    if config.openvino_preset not in _PRESETS:
+        raise QuantizationError(f"quantize.openvino_preset must be one of {_PRESETS}, got {config.openvino_preset!r}")
+    return nncf.QuantizationPreset.PERFORMANCE if config.openvino_preset == "performance" else nncf.QuantizationPreset.MIXED
+
+
+def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=None, config) -> QuantizeInfo:
+    """``nncf.quantize`` post-training quantization, calibrated on ``calibration``."""
+    method = "openvino-int8"
+    nncf = _nncf()
+    model = read_model(source)
+    metadata = _model_info(model)
+    try:
+        quantized = nncf.quantize(model, _nncf_dataset(calibration), preset=_preset(config),
+                                  subset_size=len(calibration))
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        raise skipped_from(exc, method, _op_types(model), "NNCF") from None
+    files = _save(quantized, work, metadata, method, compress_to_fp16=False)
+    return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
+                        settings={"preset": config.openvino_preset, "subset_size": len(calibration),
+                                  "inference_precision": "f32 (non-quantized layers)"},
+                        calibration_images=len(calibration), metadata=metadata)
+
+
+class _CompiledRunner:
+    """Just enough of a Runner around an ``ov.CompiledModel`` for edgetl.validate."""
+
+    name = "openvino:CPU (nncf)"
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0], dtype=np.float32)
+
+
+def validation_metric(data, preprocess) -> Any:
+    """NNCF's ``validation_fn``: top-1 accuracy (a fraction) from edgetl's shared validation check.
+
+    NNCF passes the compiled model and the items of the validation dataset (indices into ``data``);
+    the per-item correctness goes back too, so NNCF can rank layers by the metric itself.
+    """
+    from ..validate import predict_logits, validate
+
+    def validation_fn(compiled, items) -> tuple[float, list[float]]:
+        indices = np.asarray([int(np.asarray(i).reshape(-1)[0]) for i in items], dtype=np.int64)
+        subset = data.subset(indices)
+        runner = _CompiledRunner(compiled)
+        logits = predict_logits(runner, subset, preprocess, batch_size=32)
+        report = validate(runner, subset, preprocess, logits=logits)
+        per_item = (logits.argmax(1) == subset.labels).astype(np.float64).tolist()
+        return report.accuracy / 100.0, per_item
+
+    return validation_fn
+
+
+def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarray, validation, config) -> QuantizeInfo:
+    """``nncf.quantize_with_accuracy_control``: INT8, with layers reverted to FP32 until the accuracy drop on
+    the validation images is within ``config.max_accuracy_drop`` percentage points."""
+    method = "openvino-int8-acc"
+    nncf = _nncf()
+    model = read_model(source)
+    metadata = _model_info(model)
+    data, preprocess = validation.data, validation.preprocess
+    if len(data) > config.validation_size:
+        from ..data.dataset import stratified_indices
+
+        per_class = -(-config.validation_size // len(data.classes))
+        data = data.subset(np.sort(stratified_indices(data.labels, per_class, 0)[: config.validation_size]))
+    if len(data) == 0:
+        raise QuantizationError(f"{method} needs labelled validation images; the validation split is empty")
+    # items are indices; the transform turns one into the model input NNCF uses when ranking layers
+    validation_dataset = nncf.Dataset(
+        [np.asarray([i]) for i in range(len(data))],
+        lambda item: preprocess.normalize(data.images[int(item[0]) : int(item[0]) + 1]),
+    )
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            model, _nncf_dataset(calibration), validation_dataset, validation_metric(data, preprocess),
+            max_drop=config.max_accuracy_drop / 100.0,  # the metric is a fraction, the recipe says points
+            drop_type=nncf.DropType.ABSOLUTE, preset=_preset(config), subset_size=len(calibration),
+            advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+                max_num_iterations=config.accuracy_control_max_iterations, num_ranking_workers=1),
+        )
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        raise skipped_from(exc, method, _op_types(model), "NNCF") from None
+    fake_quantize = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
+    files = _save(quantized, work, metadata, method, compress_to_fp16=False)
+    return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
+                        settings={"preset": config.openvino_preset, "subset_size": len(calibration),
+                                  "max_accuracy_drop_points": config.max_accuracy_drop,
+                                  "validation_images": len(data), "fake_quantize_ops": fake_quantize,
+                                  "max_iterations": config.accuracy_control_max_iterations,
+                                  "inference_precision": "f32 (non-quantized layers)"},
+                        calibration_images=len(calibration), metadata=metadata)
+
+
+def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config) -> QuantizeInfo:
+    """The IR with FP16 weights: half the size; on CPU it computes in FP32 (see the module note)."""
+    method = "openvino-fp16"
+    model = read_model(source)
+    metadata = _model_info(model)
+    files = _save(model, work, metadata, method, compress_to_fp16=True)
+    return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
+                        settings={"weights": "float16", "inference_precision": "f32 on CPU"}, metadata=metadata,
+                        notes=["CPU widens FP16 weights to FP32 at load time: smaller file, same speed"])
+
+
+for _quantizer in (
+    Quantizer("openvino-int8", "openvino", RUNTIME, "model.xml", "openvino", True, make_int8,
+              description="NNCF post-training INT8 (nncf.quantize)"),
+    Quantizer("openvino-int8-acc", "openvino", RUNTIME, "model.xml", "openvino", True, make_int8_accuracy_aware,
+              needs_validation=True, description="NNCF INT8 with accuracy control (max accuracy drop from the recipe)"),
+    Quantizer("openvino-fp16", "openvino", RUNTIME, "model.xml", "openvino", False, make_fp16,
+              description="OpenVINO IR with FP16 weights"),
+):
+    register_quantizer(_quantizer)

@@ -1,0 +1,183 @@
+"""ONNX Runtime methods: dynamic INT8, static INT8 (QDQ or QOperator, calibrated), FP16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable, QuantizationError, QuantizationSkipped
+from . import QuantizeInfo, Quantizer, register_quantizer, skipped_from
+
+RUNTIME = "onnxruntime:CPUExecutionProvider"
+_STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+_TYPES = {"u8s8": ("QUInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "s8s8": ("QInt8", "QInt8")}
+_FORMATS = ("qdq", "qoperator")
+
+
+def _quantization():
+    try:
+        import onnxruntime.quantization as quantization
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed; run `pip install onnxruntime`") from None
+    return quantization
+
+
+def _load_checked(source: Path, method: str):
+    """The source ONNX model; operators outside the standard domains are named and the variant skipped."""
+    import onnx
+
+    model = onnx.load(str(source))
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in _STANDARD_DOMAINS})
+    if custom:
+        raise QuantizationSkipped(
+            f"{method}: onnxruntime cannot quantize operator {', '.join(custom)} (not a standard ONNX operator); "
+            "variant skipped"
+        )
+    return model
+
+
+def _op_types(model) -> set[str]:
+    return {node.op_type for node in model.graph.node}
+
+
+def _finish(model_file: Path, source_model, method: str, settings: dict, calibration) -> QuantizeInfo:
+    """Carry the source's metadata (labels, preprocessing) into the new file and describe it."""
+    import onnx
+
+    model = onnx.load(str(model_file))
+    metadata = {p.key: p.value for p in source_model.metadata_props}
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata,
+                                        "quantization": method})
+    onnx.save(model, str(model_file))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return QuantizeInfo(
+        method=method, format="onnx", files=[model_file.name], source=settings.pop("source"), runtime=RUNTIME,
+        settings={**settings, "opset": opset}, calibration_images=0 if calibration is None else len(calibration),
+        metadata=metadata,
+    )
+
+
+def _preprocessed(source: Path, work: Path, config) -> tuple[Path, list[str]]:
+    """ORT's quantization pre-processing (symbolic shape inference + graph optimisation), or the source as is."""
+    if not config.onnx_preprocess:
+        return source, []
+    quantization = _quantization()
+    target = work / ".preprocessed.onnx"
+    try:
+        quantization.quant_pre_process(str(source), str(target))
+        return target, []
+    except Exception as exc:  # the step is an optimisation: fall back to the raw graph and say so
+        return source, [f"quant_pre_process failed ({str(exc).splitlines()[0][:120]}); quantized the raw graph"]
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over a float32 NCHW array, in equal batches of at most 8."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 8):
+        # equal batches: the histogram calibrators (entropy, percentile) stack per-batch arrays and fail on
+        # a shorter last batch, so take the largest size <= batch_size that divides the set
+        batch_size = next(b for b in range(batch_size, 0, -1) if len(images) % b == 0)
+        self.input_name = input_name
+        self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self):
+        self.position = 0
+
+
+def _input_name(model) -> str:
+    initializers = {init.name for init in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in initializers)
+
+
+def make_dynamic(source: Path, work: Path, *, calibration=None, validation=None, config) -> QuantizeInfo:
+    quantization = _quantization()
+    method = "onnx-int8-dynamic"
+    model = _load_checked(source, method)
+    prepared, notes = _preprocessed(source, work, config)
+    out = work / "model.onnx"
+    try:
+        quantization.quantize_dynamic(str(prepared), str(out), weight_type=quantization.QuantType.QInt8,
+                                      per_channel=config.per_channel, reduce_range=config.reduce_range)
+    except Exception as exc:
+        raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+    info = _finish(out, model, method, {"source": source.name, "weight_type": "int8", "activations": "uint8 (dynamic)",
+                                        "per_channel": config.per_channel, "reduce_range": config.reduce_range,
+                                        "preprocessed": prepared != source}, None)
+    info.notes += notes
+    return info
+
+
+def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation=None, config) -> QuantizeInfo:
+    quantization = _quantization()
+    method = "onnx-int8-static"
+    if config.calibration_method not in _CALIBRATION_METHODS:
+        raise QuantizationError(f"quantize.calibration_method must be one of {_CALIBRATION_METHODS}, "
+                                f"got {config.calibration_method!r}")
+    if config.onnx_format not in _FORMATS:
+        raise QuantizationError(f"quantize.onnx_format must be one of {_FORMATS}, got {config.onnx_format!r}")
+    if config.onnx_types not in _TYPES:
+        raise QuantizationError(f"quantize.onnx_types must be one of {tuple(_TYPES)}, got {config.onnx_types!r}")
+    model = _load_checked(source, method)
+    prepared, notes = _preprocessed(source, work, config)
+    activation, weight = (getattr(quantization.QuantType, t) for t in _TYPES[config.onnx_types])
+    calibrate = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
+                 "percentile": quantization.CalibrationMethod.Percentile}[config.calibration_method]
+    quant_format = quantization.QuantFormat.QDQ if config.onnx_format == "qdq" else quantization.QuantFormat.QOperator
+    out = work / "model.onnx"
+    try:
+        quantization.quantize_static(
+            str(prepared), str(out), _Reader(_input_name(model), calibration), quant_format=quant_format,
+            activation_type=activation, weight_type=weight, per_channel=config.per_channel,
+            reduce_range=config.reduce_range, calibrate_method=calibrate,
+            calibration_providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:
+        raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+    info = _finish(out, model, method, {
+        "source": source.name, "format": config.onnx_format, "types": config.onnx_types,
+        "calibration_method": config.calibration_method, "per_channel": config.per_channel,
+        "reduce_range": config.reduce_range, "preprocessed": prepared != source}, calibration)
+    info.notes += notes
+    return info
+
+
+def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config) -> QuantizeInfo:
+    method = "onnx-fp16"
+    model = _load_checked(source, method)
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise BackendUnavailable("onnxruntime's float16 converter is missing; run `pip install onnxruntime`") from None
+    import onnx
+
+    try:
+        # keep float32 inputs/outputs: every runner and the bundle's predict feed float32; casts are free
+        converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    except Exception as exc:
+        raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+    out = work / "model.onnx"
+    onnx.save(converted, str(out))
+    info = _finish(out, model, method, {"source": source.name, "weights": "float16", "io": "float32"}, None)
+    info.notes.append("FP16 is meant for GPU execution providers; on CPU onnxruntime inserts casts around "
+                      "operators without FP16 kernels, so expect no speed-up there")
+    return info
+
+
+for _quantizer in (
+    Quantizer("onnx-int8-dynamic", "onnx", RUNTIME, "model.onnx", "onnx", False, make_dynamic,
+              description="INT8 weights, activations quantized at run time (no calibration)"),
+    Quantizer("onnx-int8-static", "onnx", RUNTIME, "model.onnx", "onnx", True, make_static,
+              description="INT8 weights and activations, calibrated on training images"),
+    Quantizer("onnx-fp16", "onnx", RUNTIME, "model.onnx", "onnx", False, make_fp16,
+              description="FP16 weights and compute, FP32 inputs/outputs (for GPU targets)"),
+):
+    register_quantizer(_quantizer)

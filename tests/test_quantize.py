@@ -1,0 +1,194 @@
+"""Quantizers: every registered method makes a loadable artifact that agrees with FP32; bad input fails clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetl.data.dataset import Splits
+from edgetl.data.preprocess import Preprocess
+from edgetl.errors import CalibrationError, QuantizationError, QuantizationSkipped
+from edgetl.quantize import QUANTIZERS, ValidationSet, calibration_images, quantize_file
+from edgetl.recipe import QuantizeConfig
+from edgetl.runners import open_runner
+
+from conftest import pattern_images
+
+PREPROCESS = Preprocess(image_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+CONFIG = QuantizeConfig(calibration_size=48, min_calibration_size=8, validation_size=60)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CNN trained for a few seconds on the band patterns (a random-weight model answers one class
+    whatever the input, which would make any quantizer look perfect), exported to ONNX and IR."""
+    import torch
+
+    from edgetl.backbones import create_model
+    from edgetl.export import export_onnx, export_openvino
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: extra threads only contend
+    torch.manual_seed(0)
+    train, test = pattern_images(40, seed=1), pattern_images(20, seed=2)
+    model = create_model("tiny_convnet", num_classes=3, image_size=32, weights=None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
+    inputs, labels = torch.from_numpy(PREPROCESS.normalize(train.images)), torch.from_numpy(train.labels)
+    model.train()
+    for _ in range(25):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    model.eval()
+    torch.set_num_threads(threads)
+    folder = tmp_path_factory.mktemp("fp32")
+    meta = {"labels": train.classes, "producer": "edgetl-test"}
+    export_onnx(model, folder / "model.onnx", input_shape=(3, 32, 32), metadata=meta)
+    export_openvino(folder / "model.onnx", folder / "ov" / "model.xml", metadata=meta)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(PREPROCESS.normalize(test.images))).numpy()
+    assert (reference.argmax(1) == test.labels).mean() > 0.9, "the fixture model did not learn the patterns"
+    return {"model": model, "train": train, "test": test, "reference": reference,
+            "onnx": folder / "model.onnx", "openvino": folder / "ov" / "model.xml"}
+
+
+@pytest.mark.parametrize("method", sorted(QUANTIZERS))
+def test_quantizer_makes_a_runnable_artifact_that_agrees(method, trained, tmp_path):
+    quantizer = QUANTIZERS[method]
+    calibration = calibration_images(trained["train"], PREPROCESS, CONFIG.calibration_size)
+    info = quantize_file(trained[quantizer.source], method, tmp_path, calibration=calibration,
+                         validation=ValidationSet(trained["test"], PREPROCESS), config=CONFIG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(info.files), "stray or missing files"
+    assert info.format == quantizer.format and info.method == method
+    assert info.metadata.get("producer") == "edgetl-test", "labels/preprocessing metadata not carried over"
+    runner = open_runner(tmp_path / quantizer.file, quantizer.runtime, threads=1)
+    logits = runner.predict(PREPROCESS.normalize(trained["test"].images))
+    assert logits.shape == trained["reference"].shape and logits.dtype == np.float32
+    agreement = (logits.argmax(1) == trained["reference"].argmax(1)).mean()
+    assert agreement >= 0.95, f"{method}: top-1 agreement with FP32 only {agreement:.2%}"
+    if "int8" in method:  # really quantized: weights stored in 8 bits
+        assert _int8_weights(tmp_path / quantizer.file), f"{method}: no INT8 weights in the artifact"
+    if method == "openvino-int8-acc":
+        assert info.settings["max_accuracy_drop_points"] == CONFIG.max_accuracy_drop
+
+
+def _int8_weights(path) -> bool:
+    if path.suffix == ".onnx":
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        return any(init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for init in graph.initializer)
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    return any(op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() in ("i8", "u8")
+               for op in model.get_ops())
+
+
+def test_static_int8_options_all_produce_models(trained, tmp_path):
+    """QOperator, U8U8, per-tensor, entropy calibration, no pre-processing: each a valid, agreeing model."""
+    calibration = calibration_images(trained["train"], PREPROCESS, 45)  # 45: no batch of 8 divides it
+    for i, overrides in enumerate([dict(onnx_format="qoperator", onnx_types="u8u8", per_channel=False),
+                                   dict(calibration_method="entropy", onnx_preprocess=False),
+                                   dict(calibration_method="percentile", onnx_types="s8s8")]):
+        config = QuantizeConfig(**{**CONFIG.__dict__, **overrides})
+        info = quantize_file(trained["onnx"], "onnx-int8-static", tmp_path / str(i), calibration=calibration,
+                             config=config)
+        assert info.settings["format"] == config.onnx_format and info.settings["types"] == config.onnx_types
+        logits = open_runner(tmp_path / str(i) / "model.onnx", "onnxruntime:CPUExecutionProvider").predict(
+            PREPROCESS.normalize(trained["test"].images))
+        assert (logits.argmax(1) == trained["reference"].argmax(1)).mean() >= 0.95, overrides
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def test_empty_calibration_set_is_a_clear_error(trained, tmp_path):
+    with pytest.raises(CalibrationError, match="calibration set is empty"):
+        quantize_file(trained["onnx"], "onnx-int8-static", tmp_path, calibration=np.zeros((0, 3, 32, 32), np.float32),
+                      config=CONFIG)
+    with pytest.raises(CalibrationError, match="calibration set is empty"):
+        quantize_file(trained["openvino"], "openvino-int8", tmp_path, calibration=None, config=CONFIG)
+
+
+def test_too_small_calibration_set_names_the_minimum(trained, tmp_path):
+    calibration = calibration_images(trained["train"], PREPROCESS, 3)
+    with pytest.raises(CalibrationError, match=r"has 3 image\(s\), fewer than the 8 required"):
+        quantize_file(trained["onnx"], "onnx-int8-static", tmp_path, calibration=calibration, config=CONFIG)
+
+
+def test_wrong_shape_calibration_set_names_both_shapes(trained, tmp_path):
+    wrong = Preprocess(image_size=28, channels=3).normalize(np.zeros((10, 28, 28, 3), np.uint8))
+    with pytest.raises(CalibrationError, match=r"shape \(10, 3, 28, 28\) but model.xml expects \(N, 3, 32, 32\)"):
+        quantize_file(trained["openvino"], "openvino-int8", tmp_path, calibration=wrong, config=CONFIG)
+    with pytest.raises(CalibrationError, match="uint8"):
+        quantize_file(trained["onnx"], "onnx-int8-static", tmp_path, calibration=trained["train"].images,
+                      config=CONFIG)
+
+
+def test_failure_keeps_what_was_already_written(trained, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"earlier result")
+    with pytest.raises(CalibrationError):
+        quantize_file(trained["onnx"], "onnx-int8-static", tmp_path, calibration=None, config=CONFIG)
+    assert (tmp_path / "model.onnx").read_bytes() == b"earlier result"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"], "temporary files left behind"
+
+
+def test_unsupported_operator_is_named_and_skipped(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("FancyActivation", ["input"], ["logits"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3, 32, 32])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, tmp_path / "custom.onnx")
+    calibration = np.zeros((16, 3, 32, 32), np.float32)
+    for method in ("onnx-int8-static", "onnx-int8-dynamic", "openvino-int8"):
+        with pytest.raises(QuantizationSkipped, match="FancyActivation") as caught:
+            quantize_file(tmp_path / "custom.onnx", method, tmp_path / method, calibration=calibration, config=CONFIG)
+        assert "\n" not in str(caught.value)
+
+
+def test_unknown_method_and_wrong_source_format(trained, tmp_path):
+    with pytest.raises(QuantizationError, match="unknown quantization method 'int4'"):
+        quantize_file(trained["onnx"], "int4", tmp_path)
+    with pytest.raises(QuantizationError, match="quantizes an ONNX file"):
+        quantize_file(trained["openvino"], "onnx-int8-dynamic", tmp_path, config=CONFIG)
+
+
+def test_accuracy_aware_needs_validation_images(trained, tmp_path):
+    calibration = calibration_images(trained["train"], PREPROCESS, 16)
+    with pytest.raises(QuantizationError, match="needs labelled validation images"):
+        quantize_file(trained["openvino"], "openvino-int8-acc", tmp_path, calibration=calibration, config=CONFIG)
+
+
+def test_every_quantizer_declares_what_it_needs():
+    for name, quantizer in QUANTIZERS.items():
+        assert quantizer.name == name
+        assert quantizer.source in ("onnx", "openvino") and quantizer.format in ("onnx", "openvino")
+        assert quantizer.needs_calibration == ("int8" in name and "dynamic" not in name)
+    assert set(QUANTIZERS) >= set(QuantizeConfig().methods)
+
+
+@pytest.mark.slow  # NNCF compiles a C++ extension on its first torch use (minutes on a loaded 2-core machine)
+def test_qat_finetune_writes_an_int8_ir_that_agrees(trained, tmp_path):
+    from edgetl.quantize import qat_finetune
+
+    splits = Splits(trained["train"], trained["test"], trained["test"])
+    config = QuantizeConfig(calibration_size=32, min_calibration_size=8, qat_epochs=1)
+    info = qat_finetune(trained["model"], splits, PREPROCESS, config, tmp_path, metadata={"producer": "edgetl-test"},
+                        log=lambda _: None)
+    assert info.method == "openvino-int8-qat" and sorted(info.files) == ["model.bin", "model.xml"]
+    assert len(info.settings["val_accuracy_per_epoch"]) == 2  # after PTQ, after the epoch
+    logits = open_runner(tmp_path / "model.xml", "openvino:CPU").predict(PREPROCESS.normalize(trained["test"].images))
+    assert (logits.argmax(1) == trained["reference"].argmax(1)).mean() >= 0.95
+    assert _int8_weights(tmp_path / "model.xml")
+
+
+def test_calibration_images_fill_the_requested_size_when_classes_are_uneven():
+    data = pattern_images(10, classes=3)
+    uneven = data.subset(np.concatenate([np.arange(0, 10), np.arange(10, 12), np.arange(20, 21)]))  # 10 / 2 / 1
+    images = calibration_images(uneven, PREPROCESS, 9)
+    assert images.shape == (9, 3, 32, 32) and images.dtype == np.float32
+    assert calibration_images(uneven, PREPROCESS, 100).shape[0] == len(uneven)
