@@ -44,7 +44,8 @@ MANIFEST = "manifest.json"
 MODEL_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 # Distributions whose versions go into the manifest. Read from package metadata: importing torch
 # just to learn its version would defeat the point of a torch-free bundle.
-_VERSIONED = ("onnxruntime", "openvino", "onnx", "torch", "numpy", "pillow")
+_VERSIONED = ("onnxruntime", "openvino", "onnx", "torch", "numpy", "pillow", "tokenizers", "optimum",
+              "optimum-onnx", "optimum-intel", "transformers")
 _REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
 # Preprocessed inputs, labels and the reference model's logits: what a device is checked against.
 SLICE_FILE = "validation/slice.npz"
@@ -155,6 +156,7 @@ def ship(
     card: dict[str, Any],
     validation_slice: ValidationSlice | None = None,
     default: str | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> ShippedBundle:
     """Write ``output_dir/<name>/`` and ``output_dir/<name>.tar.gz`` from artifacts that passed validation.
 
@@ -162,7 +164,8 @@ def ship(
     reasons) or none was given. The bundle is built in a temporary folder and renamed into place only when
     complete, so a failure leaves an older bundle of the same name as it was. ``validation_slice`` is
     shipped as ``validation/slice.npz`` for checking the models on each target device. ``default`` names the
-    artifact ``predict`` uses when none is asked for (otherwise the first ONNX one).
+    artifact ``predict`` uses when none is asked for (otherwise the first ONNX one). ``extra_files`` ({name in the
+    bundle: source file}) go to the bundle's root: a text model's tokenizer files (``preprocess`` a TextPreprocess).
     """
     _check_name(name, "bundle name")
     failed = [artifact for artifact in artifacts if not artifact.passed]
@@ -176,6 +179,14 @@ def ship(
         raise BundleError("labels must be a non-empty list of distinct strings, one per model output")
     if validation_slice is not None:
         validation_slice.check(preprocess, len(labels))
+    extra_files = {extra: Path(source) for extra, source in (extra_files or {}).items()}
+    for extra, source in extra_files.items():
+        if extra in _REQUIRED_FILES or extra in (MANIFEST, "model", "validation") or "/" in extra or extra.startswith("."):
+            raise BundleError(f"extra file name {extra!r} is taken or not a plain file name")
+        if not source.is_file():
+            raise BundleError(f"extra file not found: {source}")
+    if _is_text(preprocess) and preprocess.tokenizer_file not in extra_files:
+        raise BundleError(f"a text bundle needs its tokenizer: pass extra_files={{'{preprocess.tokenizer_file}': path}}")
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +197,8 @@ def ship(
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the shipped folder should read like any other
     try:
         entries = {artifact.name: _copy_artifact(artifact, staging) for artifact in artifacts}
+        for extra, source in extra_files.items():
+            shutil.copyfile(source, staging / extra)
         write_json(staging / "labels.json", list(labels))
         write_json(staging / "preprocess.json", preprocess.to_dict())
         write_text(staging / "recipe.toml", recipe_toml)
@@ -197,7 +210,7 @@ def ship(
             "runtime_versions": runtime_versions(),
             "recipe_hash": recipe_hash,
             "num_labels": len(labels),
-            "input_shape": list(preprocess.input_shape),
+            **_input_description(preprocess),
             "default_artifact": _default_artifact(artifacts, default),
             "artifacts": entries,
         }
@@ -219,6 +232,25 @@ def ship(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ShippedBundle(path=final, archive=archive, manifest=manifest)
+
+
+def _is_text(preprocess: Any) -> bool:
+    return getattr(preprocess, "kind", "image") == "text"
+
+
+def _input_description(preprocess: Any) -> dict[str, Any]:
+    """What the manifest says about the model's input: the image shape, or the text inputs and length limit."""
+    if _is_text(preprocess):
+        return {"kind": "text", "inputs": list(preprocess.input_names), "max_length": preprocess.max_length,
+                "tokenizer": preprocess.tokenizer_file}
+    return {"input_shape": list(preprocess.input_shape)}
+
+
+def load_bundle_preprocess(data: dict[str, Any], root: Path) -> Any:
+    """A bundle's preprocess.json: the image Preprocess, or a TextPreprocess reading the tokenizer in ``root``."""
+    from .text.preprocess import load_preprocess
+
+    return load_preprocess(data, root=root)
 
 
 def runtime_versions() -> dict[str, str]:
@@ -433,7 +465,11 @@ def _verify_folder(root: Path, report: VerifyReport, load: bool) -> None:
             problems.append(f"manifest does not list {rel}")
 
     labels = _load_json(root, "labels.json", listed, damaged, problems, _parse_labels)
-    preprocess = _load_json(root, "preprocess.json", listed, damaged, problems, Preprocess.from_dict)
+    preprocess = _load_json(root, "preprocess.json", listed, damaged, problems,
+                            lambda data: load_bundle_preprocess(data, root))
+    if preprocess is not None and _is_text(preprocess) and preprocess.tokenizer_file not in listed:
+        problems.append(f"manifest does not list the tokenizer {preprocess.tokenizer_file} a text bundle needs")
+        preprocess = None
     artifacts: dict[str, Any] = manifest["artifacts"]
     if manifest.get("default_artifact") not in artifacts:
         problems.append(f"default artifact {manifest.get('default_artifact')!r} is not among {sorted(artifacts)}")
@@ -507,8 +543,11 @@ def _smoke_test(
         return
     static = runner.input_spec.shape[0] if runner.input_spec.shape else None
     count = static if isinstance(static, int) and static > 0 else 1  # a fixed-batch export takes only its size
-    batch = np.random.default_rng(0).standard_normal((count, *preprocess.input_shape)).astype(np.float32)
     try:
+        if _is_text(preprocess):  # one sentence through the shipped tokenizer
+            batch = preprocess.encode(["edgetl verify: is this bundle intact?"] * count)
+        else:
+            batch = np.random.default_rng(0).standard_normal((count, *preprocess.input_shape)).astype(np.float32)
         logits = runner.predict(batch)
     except Exception as exc:  # runtimes raise their own types on a bad model; report, don't crash verify
         report.problems.append(f"artifact {name}: inference on a random batch failed: {str(exc).splitlines()[0]}")
@@ -527,7 +566,7 @@ def _smoke_test(
 
 # Card keys with their own place in the README; other keys go under "Other results" or "Other details".
 _CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_license", "weights_license", "intended_use",
-                "limitations"}
+                "limitations", "exporter"}
 _ACCURACY_KEYS = ("accuracy", "macro_f1", "agreement", "accuracy_drop")
 _LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median_ms", "mean_ms", "p90_ms", "p99_ms",
                  "throughput", "peak_rss_mb")
@@ -535,18 +574,31 @@ _DEFAULT_LIMITS = ("Accuracy was measured on held-out data from the training dis
                    "images unlike it. Every input is forced into one of the classes. Check on your own data first.")
 
 
-def render_card(manifest: dict[str, Any], labels: list[str], preprocess: Preprocess, card: dict[str, Any]) -> str:
+def render_card(manifest: dict[str, Any], labels: list[str], preprocess: Any, card: dict[str, Any]) -> str:
     """The bundle's README.md: what the model is, how well and how fast each artifact runs, how to use it."""
     name, artifacts, default = manifest["name"], manifest["artifacts"], manifest["default_artifact"]
-    size = preprocess.image_size
     classes = ", ".join(labels[:40]) + (f", … ({len(labels) - 40} more)" if len(labels) > 40 else "")
-    steps = (f"{'RGB' if preprocess.channels == 3 else 'grayscale'}, resize to {size}×{size} ({preprocess.resample}), "
-             f"x = (pixel / 255 − mean) / std, mean {list(preprocess.mean)}, std {list(preprocess.std)}")
+    text = _is_text(preprocess)
+    if text:
+        input_line = (f"int64 {', '.join(preprocess.input_names)}, each (N, L), L ≤ {preprocess.max_length} tokens "
+                      "(dynamic batch and sequence axes)")
+        steps = (f"{'lower-case, ' if preprocess.lowercase else ''}tokenize with {preprocess.tokenizer_file} "
+                 f"(`tokenizers` package), truncate to {preprocess.max_length} tokens "
+                 f"({'on' if preprocess.truncation else 'off'}), pad with {preprocess.pad_token} to "
+                 f"{'the longest text of the batch' if preprocess.padding == 'longest' else 'max_length'}")
+        sample, runtimes = '"where is my card?"', "numpy, the `tokenizers` package and onnxruntime or OpenVINO"
+    else:
+        size = preprocess.image_size
+        input_line = f"{preprocess.dtype} {preprocess.layout} (N, {preprocess.channels}, {size}, {size})"
+        steps = (f"{'RGB' if preprocess.channels == 3 else 'grayscale'}, resize to {size}×{size} "
+                 f"({preprocess.resample}), x = (pixel / 255 − mean) / std, mean {list(preprocess.mean)}, "
+                 f"std {list(preprocess.std)}")
+        sample, runtimes = "photo.jpg", "numpy, Pillow and onnxruntime or OpenVINO"
     overview = [
         ["Backbone", card.get("backbone", "not recorded")],
-        ["Task", card.get("task", "image classification")],
+        ["Task", card.get("task", "text classification" if text else "image classification")],
         ["Classes", f"{len(labels)}: {classes}"],
-        ["Input", f"{preprocess.dtype} {preprocess.layout} (N, {preprocess.channels}, {size}, {size})"],
+        ["Input", input_line],
         ["Preprocessing", f"{steps} (preprocess.json)"],
         ["Default artifact", f"{default} ({artifacts[default]['runtime']})"],
         ["Built", f"{manifest['created_utc']}, edgetl {manifest['edgetl_version']}, recipe {manifest['recipe_hash']}"],
@@ -561,7 +613,8 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: Preproc
     columns = [key for key in ("artifact", *_LATENCY_KEYS) if any(key in row for row in latency)]
     other = [[k, v] for k, v in card.items() if k not in _CARD_PLACED and k not in results]
 
-    lines = [f"# {name}", "", str(card.get("description") or "Image classifier shipped by edgetl."), ""]
+    description = card.get("description") or f"{'Text' if text else 'Image'} classifier shipped by edgetl."
+    lines = [f"# {name}", "", str(description), ""]
     lines += _table(["", ""], overview)
     lines += ["", "## Accuracy", "", "Held-out accuracy of each artifact, and its agreement with the reference.", ""]
     lines += _table(["Artifact", "Format", "Runtime", "Accuracy %", "Macro-F1 %", "Agreement", "Drop (points)",
@@ -575,15 +628,17 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: Preproc
         f"- Training data: {card.get('dataset', 'not recorded')}",
         f"- Data licence: {card.get('dataset_license', 'not recorded')}",
         f"- Weights licence: {card.get('weights_license', 'not recorded')}",
-        "", "## How to run", "", "Needs numpy, Pillow and onnxruntime or OpenVINO; no torch.", "", "```bash",
+        *([f"- Exported with: {card['exporter']}"] if card.get("exporter") else []),
+        "", "## How to run", "", f"Needs {runtimes}; no torch{', no transformers' if text else ''}.", "", "```bash",
         f"edgetl verify {name}.tar.gz     # checksums, labels, preprocessing, one test inference per artifact",
-        f"edgetl predict {name}/ photo.jpg                          # top-3 labels, default artifact",
-        f"edgetl predict {name}/ photo.jpg --runtime openvino:CPU",
+        f"edgetl predict {name}/ {sample}                          # top-3 labels, default artifact",
+        f"edgetl predict {name}/ {sample} --runtime openvino:CPU",
         "```", "", "```python", "from edgetl.predict import load_bundle", "",
-        f'print(load_bundle("{name}").predict(["photo.jpg"], top_k=3))', "```",
+        f"print(load_bundle(\"{name}\").predict([{sample if text else repr(sample)}], top_k=3))", "```",
         "", "## Intended use and limitations", "",
-        str(card.get("intended_use") or f"Sorting images into the {len(labels)} classes above."),
-        "", str(card.get("limitations") or _DEFAULT_LIMITS),
+        str(card.get("intended_use") or f"Sorting {'texts' if text else 'images'} into the {len(labels)} classes above."),
+        "", str(card.get("limitations") or (_DEFAULT_LIMITS.replace("images unlike it", "texts unlike it (other "
+                                            "domains, languages, lengths)") if text else _DEFAULT_LIMITS)),
     ]
     lines += ["", "## Other details", "", *_table(["", ""], other)] if other else []
     return "\n".join(lines) + "\n"

@@ -45,10 +45,13 @@ def main() -> None:
 
 
 def _context(recipe: Path | None, overrides: list[str] | None, quiet: bool):
-    from .pipeline import RunContext
+    """(the stage module for the recipe's model kind, its RunContext): image and text recipes alike."""
+    from .pipeline import stages_for
     from .recipe import load_recipe
 
-    return RunContext(load_recipe(recipe, overrides), progress=not quiet, log=lambda m: out.print(m, highlight=False))
+    loaded = load_recipe(recipe, overrides)
+    stages = stages_for(loaded)
+    return stages, stages.Context(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
 
 
 # What the run table shows; summary.json keeps every column (runtime, p99, spread, teacher agreement, ...).
@@ -100,18 +103,16 @@ def _print_distill(result: dict) -> None:
 @app.command()
 def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Transfer learning: linear probe on the frozen backbone, then staged unfreezing."""
-    from .pipeline import finetune_stage
-
-    result = finetune_stage(_context(recipe, set_, quiet))
+    stages, ctx = _context(recipe, set_, quiet)
+    result = stages.finetune_stage(ctx)
     out.print(f"linear probe {result.probe_test_accuracy:.2f}% -> fine-tuned {result.test_accuracy:.2f}% test accuracy")
 
 
 @app.command()
 def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Knowledge distillation of the fine-tuned teacher into a smaller student (with the no-teacher ablation)."""
-    from .pipeline import distill_stage
-
-    result = distill_stage(_context(recipe, set_, quiet))
+    stages, ctx = _context(recipe, set_, quiet)
+    result = stages.distill_stage(ctx)
     if result is None:
         out.print("distillation is off in this recipe (distill.enabled = false)")
         return
@@ -123,20 +124,19 @@ def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fal
 @app.command()
 def export(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Export the fine-tuned model to ONNX and OpenVINO IR."""
-    from .pipeline import export_stage
-
-    for record in export_stage(_context(recipe, set_, quiet)):
+    stages, ctx = _context(recipe, set_, quiet)
+    for record in stages.export_stage(ctx):
         out.print(f"{record['variant']}: {', '.join(record['files'])} ({record['exporter']}, opset {record['opset']})")
 
 
 @app.command()
 def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Quantize the exported models with every method in quantize.methods (INT8 static/dynamic, FP16)."""
-    from .pipeline import quantize_stage
-
-    for name, record in quantize_stage(_context(recipe, set_, quiet)).items():
+    """Quantize the exported models with every method in quantize.methods (INT8 static/dynamic, FP16), then
+    quantization-aware training where post-training INT8 misses the gate (quantize.qat)."""
+    stages, ctx = _context(recipe, set_, quiet)
+    for name, record in stages.quantize_stage(ctx).items():
         if record is None:
-            out.print(f"{name}: skipped (see the log above)")
+            out.print(f"{name}: skipped: {ctx.skip_reason(name) or 'see the log above'}")
         else:
             out.print(f"{name}: {', '.join(record['files'])} from {record['source']}")
 
@@ -144,9 +144,8 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
 @app.command()
 def validate(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Run the shared validation check on every exported variant; exit 1 if any fails."""
-    from .pipeline import validate_stage
-
-    reports = validate_stage(_context(recipe, set_, quiet))
+    stages, ctx = _context(recipe, set_, quiet)
+    reports = stages.validate_stage(ctx)
     for name, report in reports.items():
         verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
         out.print(f"{name}: accuracy {report['accuracy']:.2f}%, agreement {report['agreement']:.2%} -> {verdict}")
@@ -173,14 +172,10 @@ def bench(
 ) -> None:
     """Measure latency: every variant of a run on this CPU, or a bundle on --target devices."""
     if not target:
-        from .pipeline import bench_stage, validate_stage
-
-        from .pipeline import select, summary_rows
-
-        ctx = _context(source, set_, quiet)
-        validation, benchmarks = validate_stage(ctx), bench_stage(ctx)
-        decisions = select(ctx, validation, benchmarks)
-        _print_summary(summary_rows(validation, benchmarks, decisions), decisions)
+        stages, ctx = _context(source, set_, quiet)
+        validation, benchmarks = stages.validate_stage(ctx), stages.bench_stage(ctx)
+        decisions = stages.select(ctx, validation, benchmarks)
+        _print_summary(stages.summary_rows(validation, benchmarks, decisions), decisions)
         return
     from .bench import format_table
     from .bench.remote import bench_targets
@@ -252,9 +247,8 @@ def targets_check(
 @app.command()
 def ship(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Bundle the variants that passed validation into models/<name>/ and a .tar.gz."""
-    from .pipeline import ship_stage
-
-    shipped = ship_stage(_context(recipe, set_, quiet))
+    stages, ctx = _context(recipe, set_, quiet)
+    shipped = stages.ship_stage(ctx)
     out.print(f"bundle: {shipped.path}  ({shipped.archive})")
 
 
@@ -278,12 +272,13 @@ def verify(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify, or texts for a text bundle.")],
     runtime: Annotated[Optional[str], typer.Option(help="e.g. openvino:CPU; default: the bundle's default.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
     threads: Annotated[int, typer.Option(help="0 = the runtime's default.")] = 0,
 ) -> None:
-    """Classify images with a bundle, using only numpy, Pillow and onnxruntime or OpenVINO."""
+    """Classify images (or texts) with a bundle, using only numpy, Pillow (or tokenizers) and onnxruntime or
+    OpenVINO; never torch."""
     from .predict import load_bundle
 
     model = load_bundle(bundle, runtime=runtime, threads=threads)

@@ -12,17 +12,19 @@ ONNX, ``student-openvino-int8`` the distilled student quantized by NNCF.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 
 from ._io import read_json, sha256_file, write_json, write_text
-from .errors import EdgetlError, QuantizationSkipped
+from .errors import EdgetlError, QuantizationSkipped, RecipeError
 from .recipe import Recipe
 
 TEACHER, STUDENT = "teacher", "student"
@@ -64,6 +66,7 @@ VARIANTS: dict[str, Variant] = {
     "openvino": Variant("openvino-fp32", "openvino", "openvino:CPU", "model.xml", _make_openvino),
 }
 TORCH_VARIANT = "torch-fp32"
+QAT, QAT_NAME = "qat", "openvino-int8-qat"  # made by qat_stage, only when post-training INT8 misses the gate
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ class RunContext:
                 for method in self.recipe.quantize.methods:
                     q = QUANTIZERS[method]
                     planned.append(Planned(prefix + q.name, key, method, q.format, q.runtime, q.file))
+                if self.recipe.quantize.qat:
+                    planned.append(Planned(prefix + QAT_NAME, key, QAT, "openvino", "openvino:CPU", "model.xml"))
         return planned
 
     def fp32_artifact(self, model_key: str, fmt: str) -> Planned:
@@ -216,7 +221,7 @@ class RunContext:
             key["quantize"] = self.recipe.section_hash("quantize")
         if _is_fresh(record, key) and (folder / artifact.file).is_file():
             return read_json(record)
-        if _is_fresh(skipped, key):
+        if _is_fresh(skipped, key) or artifact.kind == QAT:  # QAT is trained by qat_stage, never here
             return None
         if quantized:
             info = self._quantize(artifact, folder, key)
@@ -261,7 +266,7 @@ class RunContext:
     def made(self, artifact: Planned) -> bool:
         return artifact.format == "torch" or (self.artifact_dir(artifact) / "export.json").is_file()
 
-    def skip_reason(self, artifact: Planned) -> str | None:
+    def skip_reason(self, artifact: Planned | str) -> str | None:
         record = self.artifact_dir(artifact) / "skipped.json"
         return read_json(record)["reason"] if record.is_file() else None
 
@@ -333,8 +338,53 @@ def export_stage(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def quantize_stage(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
-    """Every quantization method on every model it applies to; None marks a skipped variant."""
-    return {a.name: ctx.make_artifact(a) for a in ctx.plan() if a.format != "torch" and a.kind not in VARIANTS}
+    """Every quantization method on every model it applies to, then QAT where post-training INT8 missed the
+    gate (``quantize.qat``); None marks a variant that was skipped or not needed."""
+    made = {a.name: ctx.make_artifact(a) for a in ctx.plan() if a.format != "torch" and a.kind not in VARIANTS}
+    made.update(qat_stage(ctx))
+    return made
+
+
+def qat_stage(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
+    """Quantization-aware training for each model whose OpenVINO post-training INT8 variants all fail the gate.
+
+    QAT makes OpenVINO IR, so it stands in for NNCF post-training quantization: when one of those passes
+    (or none was tried), QAT is not needed and the artifact is recorded as skipped with the reason.
+    """
+    from .quantize import QUANTIZERS, qat_finetune
+
+    results: dict[str, dict[str, Any] | None] = {}
+    for artifact in [a for a in ctx.plan() if a.kind == QAT]:
+        folder = ctx.artifact_dir(artifact)
+        record, skipped = folder / "export.json", folder / "skipped.json"
+        key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
+               "recipe": ctx.recipe.section_hash("data", "model", "quantize", "validate")}
+        if _is_fresh(record, key) and (folder / artifact.file).is_file():
+            results[artifact.name] = read_json(record)
+            continue
+        ptq = [a for a in ctx.plan() if a.model == artifact.model and a.kind in QUANTIZERS
+               and a.format == "openvino" and "int8" in a.kind and ctx.made(a)]
+        verdicts = {a.name: validate_artifact(ctx, a)["passed"] for a in ptq}
+        if not ptq or any(verdicts.values()):
+            reason = (f"not needed: {next(n for n, ok in verdicts.items() if ok)} passed the gate" if ptq else
+                      "no OpenVINO post-training INT8 variant to improve on (add openvino-int8 to quantize.methods)")
+            write_json(skipped, {"key": key, "variant": artifact.name, "reason": reason})
+            record.unlink(missing_ok=True)  # a QAT model from an earlier recipe is not this run's artifact
+            results[artifact.name] = None
+            continue
+        ctx.log(f"quantize: {artifact.name}: post-training INT8 missed the gate "
+                f"({', '.join(verdicts)}), quantization-aware fine-tune for {ctx.recipe.quantize.qat_epochs} epoch(s)")
+        model, _ = ctx.model(artifact.model)
+        info = qat_finetune(model, ctx.splits, ctx.preprocess_of(artifact.model), ctx.recipe.quantize, folder,
+                            batch_size=ctx.recipe.finetune.batch_size,
+                            metadata={k: json.dumps(v) if not isinstance(v, str) else v
+                                      for k, v in ctx.model_metadata(artifact.model).items()},
+                            log=ctx.log)
+        data = {"key": key, "variant": artifact.name, **info.to_dict()}
+        write_json(record, data)
+        skipped.unlink(missing_ok=True)
+        results[artifact.name] = data
+    return results
 
 
 def _made(ctx: RunContext) -> list[Planned]:
@@ -349,32 +399,33 @@ def validate_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     A student's artifacts are also held to the teacher: their accuracy must keep
     ``distill.min_relative_accuracy`` of the teacher's, and their agreement with it is recorded.
     """
+    return {artifact.name: validate_artifact(ctx, artifact) for artifact in _made(ctx)}
+
+
+def validate_artifact(ctx: RunContext, artifact: Planned) -> dict[str, Any]:
+    """The shared validation check on one made artifact; its record is reused while inputs are unchanged."""
     from .validate import predict_logits, validate
 
-    reports = {}
-    for artifact in _made(ctx):
-        record = ctx.artifact_dir(artifact) / "validation.json"
-        key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
-               "teacher": ctx.checkpoint_hash(TEACHER),
-               "recipe": ctx.recipe.section_hash("data", "model", "export", "quantize", "validate", "distill")}
-        if _is_fresh(record, key):
-            reports[artifact.name] = read_json(record)["report"]
-            continue
-        runner, _ = ctx.open(artifact, ctx.recipe.bench.threads)
-        try:
-            preprocess = ctx.preprocess_of(artifact.model)
-            logits = predict_logits(runner, ctx.splits.test, preprocess, ctx.recipe.validate.batch_size)
-            report = validate(runner, ctx.splits.test, preprocess, reference=ctx.reference_logits(artifact.model),
-                              gate=ctx.recipe.validate.gate, artifact=artifact.name, logits=logits)
-        finally:
-            runner.close()
-        data = report.to_dict()
-        data.update(_against_teacher(ctx, artifact, logits, report))
-        ctx.log("validate: " + report.summary() if data["passed"] else
-                f"validate: {artifact.name} FAIL: " + "; ".join(data["reasons"]))
-        write_json(record, {"key": key, "report": data})
-        reports[artifact.name] = data
-    return reports
+    record = ctx.artifact_dir(artifact) / "validation.json"
+    key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
+           "teacher": ctx.checkpoint_hash(TEACHER),
+           "recipe": ctx.recipe.section_hash("data", "model", "export", "quantize", "validate", "distill")}
+    if _is_fresh(record, key):
+        return read_json(record)["report"]
+    runner, _ = ctx.open(artifact, ctx.recipe.bench.threads)
+    try:
+        preprocess = ctx.preprocess_of(artifact.model)
+        logits = predict_logits(runner, ctx.splits.test, preprocess, ctx.recipe.validate.batch_size)
+        report = validate(runner, ctx.splits.test, preprocess, reference=ctx.reference_logits(artifact.model),
+                          gate=ctx.recipe.validate.gate, artifact=artifact.name, logits=logits)
+    finally:
+        runner.close()
+    data = report.to_dict()
+    data.update(_against_teacher(ctx, artifact, logits, report))
+    ctx.log("validate: " + report.summary() if data["passed"] else
+            f"validate: {artifact.name} FAIL: " + "; ".join(data["reasons"]))
+    write_json(record, {"key": key, "report": data})
+    return data
 
 
 def _against_teacher(ctx: RunContext, artifact: Planned, logits: np.ndarray, report) -> dict[str, Any]:
@@ -579,8 +630,30 @@ def distill_summary(result) -> dict[str, Any] | None:
     return {k: v for k, v in asdict(result).items() if not k.endswith("history")}
 
 
+# model.kind -> the module with that kind's stages: the same names as this module's (Context, run, finetune_stage,
+# distill_stage, export_stage, quantize_stage, validate_stage, bench_stage, select, summary_rows, ship_stage).
+STAGES: dict[str, str] = {"image": __name__, "text": "edgetl.text.pipeline"}
+
+
+def stages_for(recipe: Recipe) -> ModuleType:
+    """The stage module for ``recipe.model.kind``; a RecipeError names the known kinds."""
+    kind = recipe.model.kind
+    if kind not in STAGES:
+        raise RecipeError(f"model.kind {kind!r} is not known; use one of {', '.join(map(repr, STAGES))}")
+    return importlib.import_module(STAGES[kind])
+
+
+def new_context(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> RunContext:
+    """The RunContext for the recipe's model kind (a TextRunContext for text)."""
+    return stages_for(recipe).Context(recipe, progress=progress, log=log)
+
+
 def run(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole pipeline on one recipe; returns the run summary (also written to summary.json)."""
+    """The whole pipeline on one recipe; returns the run summary (also written to summary.json).
+
+    A text recipe (``model.kind = "text"``) runs ``edgetl.text.pipeline.run``."""
+    if recipe.model.kind != "image":
+        return stages_for(recipe).run(recipe, progress=progress, log=log)
     start = time.perf_counter()
     ctx = RunContext(recipe, progress=progress, log=log)
     finetuned = finetune_stage(ctx)
@@ -605,3 +678,6 @@ def run(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = p
     }
     write_json(ctx.run_dir / "summary.json", summary)
     return summary
+
+
+Context = RunContext  # the name stages_for() callers use, for every kind

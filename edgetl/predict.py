@@ -1,10 +1,13 @@
-"""Run a shipped bundle: images in, labels out, with onnxruntime or OpenVINO alone.
+"""Run a shipped bundle: images or texts in, labels out, with onnxruntime or OpenVINO alone.
 
-Needs only numpy, Pillow and a runtime; never imports torch, so it runs on devices that cannot install it.
+Needs only numpy, Pillow (images) or the ``tokenizers`` package (texts) and a runtime; never imports torch or
+transformers, so it runs on devices that cannot install them.
 
 >>> model = load_bundle("models/fmnist", runtime="openvino:CPU")
 >>> [p.label for p in model.predict(["shoe.png", "bag.png"])]
 ['Sneaker', 'Bag']
+>>> load_bundle("models/banking77").predict(["I still have not received my new card"])[0].label
+'card_arrival'
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .bundle import extract_archive, model_file, read_manifest
 from .data.preprocess import Preprocess
 from .errors import BackendUnavailable, BundleError, DataError, EdgetlError
 from .runners import Runner, backend_for_file, open_runner, parse_runtime
+from .text.preprocess import load_preprocess
 
 # Which artifact formats each backend can open, best first (OpenVINO also reads ONNX directly).
 _FORMATS_FOR_BACKEND = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx")}
@@ -70,25 +74,29 @@ class BundleModel:
         self.preprocess = preprocess
         self._workdir = workdir  # holds an extracted .tar.gz alive as long as the model
 
+    @property
+    def is_text(self) -> bool:
+        return getattr(self.preprocess, "kind", "image") == "text"
+
     def predict(self, images: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-        """Classify images (paths, PIL images or uint8 HWC arrays); one Prediction per image, in order.
+        """Classify images (paths, PIL images or uint8 HWC arrays), or texts for a text bundle; one Prediction
+        per input, in order.
 
         Raises DataError naming the image when one is missing or cannot be decoded.
         """
         if top_k < 1:
             raise EdgetlError(f"top_k must be at least 1, got {top_k}")
         if isinstance(images, (str, os.PathLike)):
-            images = [images]  # a lone path is an easy mistake; a str is a Sequence of characters
-        images = list(images)
+            images = [images]  # a lone path or text is an easy mistake; a str is a Sequence of characters
+        images = [str(item) if isinstance(item, os.PathLike) else item for item in images] if self.is_text else list(images)
         probabilities = _softmax(self.predict_logits(images, batch_size=batch_size))
         k = min(top_k, len(self.labels))
         predictions = []
         for position, row in enumerate(probabilities):
             order = np.argsort(-row, kind="stable")[:k]
             ranked = [(self.labels[i], float(row[i])) for i in order]
-            predictions.append(
-                Prediction(ranked[0][0], int(order[0]), ranked[0][1], ranked, _describe(images[position], position))
-            )
+            source = images[position] if self.is_text else _describe(images[position], position)
+            predictions.append(Prediction(ranked[0][0], int(order[0]), ranked[0][1], ranked, source))
         return predictions
 
     def predict_logits(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
@@ -99,11 +107,15 @@ class BundleModel:
         step = static if isinstance(static, int) and static > 0 else max(1, batch_size)
         outputs = []
         for start in range(0, len(images), step):
-            chunk = [self._resize(image, start + i) for i, image in enumerate(images[start : start + step])]
-            batch = self.preprocess.normalize(np.stack(chunk))
-            count = len(chunk)
-            if isinstance(static, int) and count < static:
-                batch = np.concatenate([batch, np.zeros((static - count, *batch.shape[1:]), batch.dtype)])
+            if self.is_text:  # texts -> named int64 token arrays, padded to the longest of the batch
+                chunk = images[start : start + step]
+                batch, count = self.preprocess.encode(chunk), len(chunk)
+            else:
+                chunk = [self._resize(image, start + i) for i, image in enumerate(images[start : start + step])]
+                batch = self.preprocess.normalize(np.stack(chunk))
+                count = len(chunk)
+                if isinstance(static, int) and count < static:
+                    batch = np.concatenate([batch, np.zeros((static - count, *batch.shape[1:]), batch.dtype)])
             logits = np.asarray(self.runner.predict(batch))[:count]
             if logits.ndim != 2 or logits.shape[1] != len(self.labels):
                 raise BundleError(
@@ -167,12 +179,14 @@ def load_bundle(
         manifest = read_manifest(root)
         name = select_artifact(manifest, runtime=runtime, artifact=artifact)
         entry = manifest["artifacts"][name]
+        preprocess_data = json.loads((root / "preprocess.json").read_text()) if (root / "preprocess.json").is_file() else {}
+        tokenizer = [preprocess_data.get("tokenizer_file", "tokenizer.json")] if preprocess_data.get("kind") == "text" else []
         if check_files:
-            _check_files(root, manifest, ["labels.json", "preprocess.json", *entry["files"]])
+            _check_files(root, manifest, ["labels.json", "preprocess.json", *tokenizer, *entry["files"]])
         labels = json.loads((root / "labels.json").read_text())
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ValueError("labels.json is not a list of strings")
-        preprocess = Preprocess.from_dict(json.loads((root / "preprocess.json").read_text()))
+        preprocess = load_preprocess(preprocess_data, root=root)
         runner = _open(root / model_file(entry), runtime or entry["runtime"], threads, fallback=runtime is None)
     except BaseException as exc:
         if workdir is not None:

@@ -180,7 +180,7 @@ def test_qat_finetune_writes_an_int8_ir_that_agrees(trained, tmp_path):
     info = qat_finetune(trained["model"], splits, PREPROCESS, config, tmp_path, metadata={"producer": "edgetl-test"},
                         log=lambda _: None)
     assert info.method == "openvino-int8-qat" and sorted(info.files) == ["model.bin", "model.xml"]
-    assert len(info.settings["val_accuracy_per_epoch"]) == 2  # after PTQ, after the epoch
+    assert len(info.settings["val_per_epoch"]) == 2  # after PTQ, after the epoch
     logits = open_runner(tmp_path / "model.xml", "openvino:CPU").predict(PREPROCESS.normalize(trained["test"].images))
     assert (logits.argmax(1) == trained["reference"].argmax(1)).mean() >= 0.95
     assert _int8_weights(tmp_path / "model.xml")

@@ -170,6 +170,12 @@ def test_bench_local_emulated_and_ssh_targets_into_one_table(sshd: SshServer, bu
     ssh_rows = [row for row in data["rows"] if row["target"] == "localhost-ssh"]
     assert len(ssh_rows) == 4 and all(row["validation"] == "pass" for row in ssh_rows)
     assert "localhost-ssh" in result.output and "local-cpu-1core (emulated)" in result.output
+    # Per target, the fastest runtime that passed the device-side check is picked, with its latency.
+    for name, choice in data["choices"].items():
+        runtimes = data["targets"][name]["runtimes"]
+        fastest = min(runtimes, key=lambda rt: rt["stats"][0]["median_ms"])
+        assert (choice["runtime"], choice["median_ms"]) == (fastest["runtime"], fastest["stats"][0]["median_ms"])
+        assert f"{name}: use {choice['artifact']} on {choice['runtime']}" in result.output
 
 
 def test_a_remote_device_with_different_answers_fails_validation(sshd: SshServer, tmp_path: Path):

@@ -251,7 +251,8 @@ def test_targets_report_keeps_a_failed_targets_error(bundle: Path):
     result = report.results["local-cpu"]
     assert result.error_kind == "runtime" and report.ok  # nothing available there: skipped, not failed
     assert report.rows() == [{"target": "local-cpu", "runtime": "openvino:GPU", "status": "not available"}]
-    assert report.notes()[0].startswith("local-cpu openvino:GPU: not available: OpenVINO sees no GPU device")
+    assert report.notes()[0].startswith("local-cpu: nothing to use: target local-cpu")  # no pick, and why
+    assert report.notes()[1].startswith("local-cpu openvino:GPU: not available: OpenVINO sees no GPU device")
 
 
 def test_the_agent_runs_without_edgetl(tmp_path: Path):

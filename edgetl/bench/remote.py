@@ -101,10 +101,29 @@ class TargetsReport:
         """The merged table: one row per target, runtime and batch size. ``wide`` adds min, mean and std."""
         return [row for result in self.results.values() for row in target_rows(result, wide=wide)]
 
+    def choices(self) -> dict[str, dict[str, Any]]:
+        """Per target, the fastest (artifact, runtime) that ran, passed the device-side validation check and kept
+        within the profile's budgets, at the smallest batch size measured; or why there is none."""
+        picks: dict[str, dict[str, Any]] = {}
+        for name, result in self.results.items():
+            fit = [(min(rt.stats, key=lambda s: s["batch_size"]), rt) for rt in result.runtimes
+                   if rt.ok and rt.stats and not rt.budget and (rt.validation is None or rt.validation["passed"])]
+            if not fit:
+                why = result.error or "no runtime ran, passed validation and kept within the budgets"
+                picks[name] = {"artifact": None, "reason": why}
+                continue
+            stats, best = min(fit, key=lambda pair: pair[0]["median_ms"])
+            picks[name] = {"artifact": best.artifact, "runtime": best.runtime, "batch_size": stats["batch_size"],
+                           "median_ms": stats["median_ms"], "validated": best.validation is not None}
+        return picks
+
     def notes(self) -> list[str]:
-        """One line per runtime that did not run and per target that failed, saying why."""
+        """Per target the pick, then one line per runtime that did not run and per target that failed, saying why."""
         results = self.results.values()
-        lines = [f"{r.target} {rt.runtime}: {rt.status}" for r in results for rt in r.runtimes if not rt.ok]
+        lines = [f"{name}: use {c['artifact']} on {c['runtime']} ({c['median_ms']:.3g} ms at batch {c['batch_size']}"
+                 f"{'' if c['validated'] else ', not validated: the bundle has no validation slice'})"
+                 if c["artifact"] else f"{name}: nothing to use: {c['reason']}" for name, c in self.choices().items()]
+        lines += [f"{r.target} {rt.runtime}: {rt.status}" for r in results for rt in r.runtimes if not rt.ok]
         lines += [f"{r.target}: error: {r.error}" for r in results if r.error and r.error_kind != "runtime"]
         lines += [f"{r.target}: EMULATED on this machine ({r.emulation}), a stand-in, not the device itself"
                   for r in self.results.values() if r.emulated]
@@ -112,6 +131,7 @@ class TargetsReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "created": self.created, "rows": self.rows(wide=True), "notes": self.notes(),
+                "choices": self.choices(),
                 "targets": {name: result.to_dict() for name, result in self.results.items()}}
 
 

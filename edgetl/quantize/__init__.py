@@ -13,6 +13,7 @@ reference by the shared validation check (``edgetl.validate``), like any other a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -110,6 +111,58 @@ def calibration_images(train, preprocess, size: int, *, seed: int = 0) -> np.nda
     return preprocess.normalize(train.images[np.sort(chosen)])
 
 
+def calibration_texts(train, preprocess, size: int, *, seed: int = 0, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
+    """``size`` training texts (stratified over classes, fixed by ``seed``) as token batches for a text model:
+    a list of ``{input name: int64 (n, L)}`` dicts, texts of similar length together (little padding)."""
+    from ..data.dataset import stratified_indices
+
+    if len(train) == 0:
+        raise CalibrationError("the training split is empty; static quantization needs training texts to calibrate")
+    per_class = -(-size // max(len(train.classes), 1))
+    chosen = np.sort(stratified_indices(train.labels, per_class, seed)[:size])
+    texts = [train.texts[i] for i in chosen]
+    order = np.argsort(preprocess.token_lengths(texts), kind="stable")
+    return [preprocess.encode([texts[i] for i in order[start : start + batch_size]])
+            for start in range(0, len(order), batch_size)]
+
+
+def is_token_batches(calibration: Any) -> bool:
+    """True for text calibration data: a list of dicts of named token arrays."""
+    return isinstance(calibration, (list, tuple)) and bool(calibration) and all(isinstance(b, dict) for b in calibration)
+
+
+def calibration_count(calibration: Any) -> int:
+    """Samples in a calibration set: images of an array, texts of a list of token batches."""
+    if calibration is None:
+        return 0
+    if is_token_batches(calibration):
+        return sum(len(next(iter(batch.values()))) for batch in calibration)
+    return len(calibration)
+
+
+def check_token_batches(batches: list[dict[str, np.ndarray]], input_names: list[str], *, minimum: int,
+                        source: str) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """Text calibration batches restricted to the model's inputs as int64, or a one-line error."""
+    checked, count = [], 0
+    for position, batch in enumerate(batches):
+        missing = [name for name in input_names if name not in batch]
+        if missing:
+            raise CalibrationError(f"calibration batch {position} lacks {', '.join(missing)} that {source} takes "
+                                   f"(has {', '.join(batch)}); encode texts with the model's TextPreprocess")
+        arrays = {name: np.ascontiguousarray(batch[name], dtype=np.int64) for name in input_names}
+        shapes = {a.shape for a in arrays.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise CalibrationError(f"calibration batch {position}: token arrays must share one (N, L) shape, got {shapes}")
+        count += len(next(iter(arrays.values())))
+        checked.append(arrays)
+    if count < minimum:
+        raise CalibrationError(
+            f"the calibration set has {count} text(s), fewer than the {minimum} required "
+            "(quantize.min_calibration_size); give more training texts or raise quantize.calibration_size"
+        )
+    return checked
+
+
 def check_calibration(
     calibration: np.ndarray | None, input_shape: tuple[int | None, ...], *, minimum: int, source: str
 ) -> np.ndarray:
@@ -174,21 +227,30 @@ def quantize_file(
     if model_path.suffix not in (".onnx", ".xml"):
         raise QuantizationError(f"{model_path.name}: expected a .onnx or OpenVINO .xml file")
     input_shape, output_shape = model_io_shapes(model_path)
+    inputs = model_inputs(model_path)
     if quantizer.needs_calibration:
-        calibration = check_calibration(
-            calibration, input_shape, minimum=config.min_calibration_size, source=model_path.name
-        )
+        if is_token_batches(calibration):
+            calibration = check_token_batches(calibration, [name for name, _ in inputs],
+                                              minimum=config.min_calibration_size, source=model_path.name)
+        else:
+            calibration = check_calibration(
+                calibration, input_shape, minimum=config.min_calibration_size, source=model_path.name
+            )
     if quantizer.needs_validation and validation is None:
         raise QuantizationError(f"{method} needs labelled validation images (ValidationSet); pass validation=...")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f".{method}.", dir=out_dir) as tmp:
-        work = Path(tmp)
-        info = quantizer.make(model_path, work, calibration=calibration, validation=validation, config=config)
+        work = Path(tmp).resolve()
+        # onnxruntime's quantizers leave a uuid-named .data file in the working directory for some graphs (measured
+        # on Optimum's BERT export): run them inside the temporary folder, which is removed afterwards.
+        with contextlib.chdir(work):
+            info = quantizer.make(model_path.resolve(), work, calibration=calibration, validation=validation,
+                                  config=config)
         info.seconds = round(time.perf_counter() - start, 2)
         if check:
-            _check_runs(quantizer, work, input_shape, output_shape, calibration)
+            _check_runs(quantizer, work, input_shape, output_shape, calibration, inputs)
         for name in info.files:  # the weights before the file that names them
             if name != quantizer.file:
                 (work / name).replace(out_dir / name)
@@ -218,16 +280,38 @@ def model_io_shapes(path: Path) -> tuple[tuple[int | None, ...], tuple[int | Non
     return tuple(_partial(model.input(0))), tuple(_partial(model.output(0)))
 
 
+def model_inputs(path: Path) -> list[tuple[str, str]]:
+    """(name, numpy dtype) of every input of an ONNX or OpenVINO model file, in model order."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        initializers = {init.name for init in graph.initializer}
+        types = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.FLOAT16: "float16"}
+        return [(i.name, types.get(i.type.tensor_type.elem_type, "float32")) for i in graph.input
+                if i.name not in initializers]
+    from ._openvino import read_model
+
+    types = {"i64": "int64", "i32": "int32", "f16": "float16"}
+    return [(port.get_any_name(), types.get(port.get_element_type().get_type_name(), "float32"))
+            for port in read_model(path).inputs]
+
+
 def _partial(port) -> list[int | None]:
     return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
 
-def _check_runs(quantizer: Quantizer, folder: Path, input_shape, output_shape, calibration) -> None:
+def _check_runs(quantizer: Quantizer, folder: Path, input_shape, output_shape, calibration, inputs=()) -> None:
     """Load the new model on its runtime and run one batch; a model that cannot run is skipped, not shipped."""
     from ..runners import open_runner
 
-    if calibration is not None:
+    probe: Any
+    if is_token_batches(calibration):
+        probe = {name: array[:2] for name, array in calibration[0].items()}
+    elif calibration is not None:
         probe = calibration[:2]
+    elif inputs and all(dtype.startswith("int") for _, dtype in inputs):  # a text model: a short token batch
+        probe = {name: np.ones((2, 8), dtype=dtype) for name, dtype in inputs}
     else:
         probe = np.zeros((2, *[d or 1 for d in input_shape[1:]]), dtype=np.float32)
     try:
@@ -236,7 +320,7 @@ def _check_runs(quantizer: Quantizer, folder: Path, input_shape, output_shape, c
         runner.close()
     except EdgetlError as exc:
         raise QuantizationSkipped(f"{quantizer.name}: the quantized model does not run on {quantizer.runtime}: {exc}") from None
-    want = (len(probe), *output_shape[1:])
+    want = (len(next(iter(probe.values()))) if isinstance(probe, dict) else len(probe), *output_shape[1:])
     if logits.shape != tuple(d if d is not None else got for d, got in zip(want, logits.shape)):
         raise QuantizationSkipped(f"{quantizer.name}: output shape {logits.shape} differs from the FP32 model's {want}")
     if not np.isfinite(logits).all():
@@ -260,6 +344,7 @@ __all__ = [
     "Quantizer",
     "ValidationSet",
     "calibration_images",
+    "calibration_texts",
     "check_calibration",
     "get_quantizer",
     "qat_finetune",

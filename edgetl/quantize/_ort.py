@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError, QuantizationSkipped
-from . import QuantizeInfo, Quantizer, register_quantizer, skipped_from
+from . import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
 
 RUNTIME = "onnxruntime:CPUExecutionProvider"
 _STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -54,7 +54,7 @@ def _finish(model_file: Path, source_model, method: str, settings: dict, calibra
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return QuantizeInfo(
         method=method, format="onnx", files=[model_file.name], source=settings.pop("source"), runtime=RUNTIME,
-        settings={**settings, "opset": opset}, calibration_images=0 if calibration is None else len(calibration),
+        settings={**settings, "opset": opset}, calibration_images=calibration_count(calibration),
         metadata=metadata,
     )
 
@@ -73,21 +73,26 @@ def _preprocessed(source: Path, work: Path, config) -> tuple[Path, list[str]]:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader over a float32 NCHW array, in equal batches of at most 8."""
+    """onnxruntime's CalibrationDataReader over a float32 NCHW array, in equal batches of at most 8, or over
+    text token batches (a list of {input name: int64 (n, L)} dicts, fed as they are)."""
 
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 8):
-        # equal batches: the histogram calibrators (entropy, percentile) stack per-batch arrays and fail on
-        # a shorter last batch, so take the largest size <= batch_size that divides the set
-        batch_size = next(b for b in range(batch_size, 0, -1) if len(images) % b == 0)
+    def __init__(self, input_name: str, images, batch_size: int = 8):
         self.input_name = input_name
-        self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        if is_token_batches(images):
+            self.batches = list(images)
+        else:
+            # equal batches: the histogram calibrators (entropy, percentile) stack per-batch arrays and fail on
+            # a shorter last batch, so take the largest size <= batch_size that divides the set
+            batch_size = next(b for b in range(batch_size, 0, -1) if len(images) % b == 0)
+            self.batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         self.position = 0
 
     def get_next(self):
         if self.position >= len(self.batches):
             return None
         self.position += 1
-        return {self.input_name: self.batches[self.position - 1]}
+        batch = self.batches[self.position - 1]
+        return dict(batch) if isinstance(batch, dict) else {self.input_name: batch}
 
     def rewind(self):
         self.position = 0
@@ -113,6 +118,11 @@ def make_dynamic(source: Path, work: Path, *, calibration=None, validation=None,
                                         "per_channel": config.per_channel, "reduce_range": config.reduce_range,
                                         "preprocessed": prepared != source}, None)
     info.notes += notes
+    if "Conv" in _op_types(model):
+        # Measured: ConvInteger gets one weight scale and zero point per tensor even with per_channel=True, which
+        # wrecks depthwise convolutions with folded BatchNorm (the default example's student: 21% agreement).
+        info.settings["conv_weights"] = "per-tensor (onnxruntime's ConvInteger ignores per_channel)"
+        info.notes.append("dynamic INT8 quantizes Conv weights per tensor; for CNNs prefer onnx-int8-static")
     return info
 
 
