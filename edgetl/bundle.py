@@ -73,38 +73,64 @@ class ValidationSlice:
     """A few preprocessed held-out samples with their labels and the reference model's logits on them.
 
     Shipped in the bundle as ``validation/slice.npz``; ``edgetl bench --target`` runs it on each device
-    and holds the device's outputs to the reference with the shared validation check."""
+    and holds the device's outputs to the reference with the shared validation check. Image inputs are one
+    float32 array ``inputs``; text inputs are named int64 token arrays, stored as ``inputs.<name>``
+    (``inputs.input_ids``, ``inputs.attention_mask``, ...), so the device needs no tokenizer."""
 
-    inputs: np.ndarray  # float32, the model's input layout, e.g. (N, C, H, W)
+    inputs: np.ndarray | dict[str, np.ndarray]  # float32 (N, C, H, W), or {input name: int64 (N, L)}
     labels: np.ndarray  # int64 (N,)
     reference_logits: np.ndarray  # float32 (N, classes)
     reference: str = "torch-fp32"  # which model produced reference_logits
 
     @classmethod
-    def from_split(cls, data: Any, preprocess: Preprocess, reference_logits: np.ndarray, *, size: int = 128,
+    def from_split(cls, data: Any, preprocess: Any, reference_logits: np.ndarray, *, size: int = 128,
                    seed: int = 0, reference: str = "torch-fp32") -> "ValidationSlice":
-        """``size`` samples of an image split (LabeledImages), taken at random with ``seed``, with the matching
-        rows of ``reference_logits`` (the reference model's logits on the whole split)."""
+        """``size`` samples of a split (LabeledImages, or LabeledTexts with a TextPreprocess), taken at random
+        with ``seed``, with the matching rows of ``reference_logits`` (the reference model's logits on the split)."""
         if len(reference_logits) != len(data):
             raise BundleError(f"{len(reference_logits)} reference outputs for {len(data)} samples; they must match")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[: max(1, size)])
-        return cls(preprocess.normalize(data.images[chosen]), np.asarray(data.labels)[chosen],
-                   np.asarray(reference_logits)[chosen], reference)
+        if hasattr(data, "texts"):  # tokenized once here, padded to the longest chosen text
+            inputs: Any = preprocess.encode([data.texts[i] for i in chosen])
+        else:
+            inputs = preprocess.normalize(data.images[chosen])
+        return cls(inputs, np.asarray(data.labels)[chosen], np.asarray(reference_logits)[chosen], reference)
 
-    def check(self, preprocess: Preprocess, num_labels: int) -> None:
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def check(self, preprocess: Any, num_labels: int) -> None:
         n = len(self.labels)
-        if not (n and len(self.inputs) == n and self.reference_logits.shape == (n, num_labels)):
-            raise BundleError(f"validation slice: {len(self.inputs)} inputs, {n} labels and reference logits "
+        counts = {len(a) for a in self.inputs.values()} if isinstance(self.inputs, dict) else {len(self.inputs)}
+        if not (n and counts == {n} and self.reference_logits.shape == (n, num_labels)):
+            raise BundleError(f"validation slice: {sorted(counts)} inputs, {n} labels and reference logits "
                               f"{self.reference_logits.shape} must agree (N, {num_labels} labels)")
-        if tuple(self.inputs.shape[1:]) != tuple(preprocess.input_shape):
-            raise BundleError(f"validation slice inputs have shape {self.inputs.shape[1:]}, "
-                              f"the model takes {preprocess.input_shape}")
+        if _is_text(preprocess):
+            names = sorted(self.inputs) if isinstance(self.inputs, dict) else None
+            if names != sorted(preprocess.input_names):
+                raise BundleError(f"validation slice inputs {names} are not the model's token inputs "
+                                  f"{sorted(preprocess.input_names)}")
+        elif isinstance(self.inputs, dict) or tuple(self.inputs.shape[1:]) != tuple(preprocess.input_shape):
+            shape = "token arrays" if isinstance(self.inputs, dict) else self.inputs.shape[1:]
+            raise BundleError(f"validation slice inputs have shape {shape}, the model takes {preprocess.input_shape}")
 
     def save(self, path: Path) -> None:
+        if isinstance(self.inputs, dict):
+            inputs = {f"inputs.{name}": np.asarray(a, dtype=np.int64) for name, a in self.inputs.items()}
+        else:
+            inputs = {"inputs": self.inputs.astype(np.float32)}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez(handle, inputs=self.inputs.astype(np.float32), labels=self.labels.astype(np.int64),
+                np.savez(handle, **inputs, labels=self.labels.astype(np.int64),
                          reference_logits=self.reference_logits.astype(np.float32))
+
+
+def slice_inputs(npz: Any) -> np.ndarray | dict[str, np.ndarray]:
+    """The model inputs of a loaded slice.npz (or a dict of its arrays): an image array or named token arrays."""
+    files = list(npz.files if hasattr(npz, "files") else npz)
+    if "inputs" in files:
+        return npz["inputs"]
+    return {key.removeprefix("inputs."): npz[key] for key in files if key.startswith("inputs.")}
 
 
 @dataclass
@@ -244,6 +270,14 @@ def _input_description(preprocess: Any) -> dict[str, Any]:
         return {"kind": "text", "inputs": list(preprocess.input_names), "max_length": preprocess.max_length,
                 "tokenizer": preprocess.tokenizer_file}
     return {"input_shape": list(preprocess.input_shape)}
+
+
+def default_bench_length(manifest: dict[str, Any]) -> int:
+    """A text bundle's benchmark sequence length: what the host measured its default artifact at (the test texts'
+    median token count), else 32 tokens (at most the bundle's max_length)."""
+    entry = manifest.get("artifacts", {}).get(manifest.get("default_artifact"), {})
+    length = ((entry.get("benchmark") or {}).get("settings") or {}).get("sequence_length")
+    return int(length) if length else min(32, int(manifest.get("max_length") or 32))
 
 
 def load_bundle_preprocess(data: dict[str, Any], root: Path) -> Any:
@@ -495,7 +529,7 @@ def _verify_folder(root: Path, report: VerifyReport, load: bool) -> None:
         elif SLICE_FILE not in damaged:
             try:
                 with np.load(root / SLICE_FILE) as npz:
-                    shipped = ValidationSlice(npz["inputs"], npz["labels"], npz["reference_logits"])
+                    shipped = ValidationSlice(slice_inputs(npz), npz["labels"], npz["reference_logits"])
                 shipped.check(preprocess, len(labels))
             except (BundleError, KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
                 problems.append(f"{SLICE_FILE} does not load: {exc}")

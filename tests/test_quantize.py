@@ -72,6 +72,16 @@ def test_quantizer_makes_a_runnable_artifact_that_agrees(method, trained, tmp_pa
         assert info.settings["max_accuracy_drop_points"] == CONFIG.max_accuracy_drop
 
 
+def test_relative_paths_work_from_any_directory(trained, tmp_path, monkeypatch):
+    """The pipeline passes paths relative to the working directory (runs/...); quantizers run elsewhere."""
+    import shutil
+
+    shutil.copy(trained["onnx"], tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    info = quantize_file("model.onnx", "onnx-int8-dynamic", "out", config=CONFIG)
+    assert (tmp_path / "out" / info.files[0]).is_file()
+
+
 def _int8_weights(path) -> bool:
     if path.suffix == ".onnx":
         import onnx

@@ -227,7 +227,7 @@ def shipped(tiny, tmp_path_factory):
     from edgetl.text.pipeline import TextRunContext, run_text
 
     tmp = tmp_path_factory.mktemp("shipped")
-    recipe = tiny_recipe(tiny, tmp, "distill.enabled=false")
+    recipe = tiny_recipe(tiny, tmp, "distill.enabled=false", "ship.validation_slice=12")
     summary = run_text(recipe, progress=False, log=lambda m: None)
     return {"summary": summary, "bundle": Path(summary["bundle"]), "ctx": TextRunContext(recipe, progress=False)}
 
@@ -287,6 +287,31 @@ def test_predict_texts_on_each_runtime_matches_torch(shipped, runtime):
     assert [p.source for p in predictions] == texts and all(len(p.top_k) == 2 for p in predictions)
     assert [p.index for p in predictions] == logits.argmax(1).tolist()
     assert all(p.probability == pytest.approx(p.top_k[0][1]) and p.top_k[0][1] >= p.top_k[1][1] for p in predictions)
+
+
+def test_text_bundle_on_a_target_device_is_timed_and_validated_there(shipped):
+    """The device agent (numpy + a runtime, no tokenizer) runs the bundle's tokenized validation slice and times
+    token batches of the host's benchmark length; the shared check judges its outputs."""
+    from edgetl.bench.remote import bench_target
+    from edgetl.bench.targets import load_target
+
+    bundle = shipped["bundle"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["validation_slice"]["samples"] == 12
+    with np.load(bundle / "validation" / "slice.npz") as npz:
+        assert {"inputs.input_ids", "inputs.attention_mask", "inputs.token_type_ids"} <= set(npz.files)
+    profile = load_target("local-cpu")
+    profile.batch_sizes, profile.runtimes = [1, 4], list(RUNTIMES.values())
+    profile.measure.warmup, profile.measure.min_runs, profile.measure.max_seconds = 1, 5, 0.1
+    result = bench_target(bundle, profile)
+    assert result.error is None
+    for runtime in RUNTIMES.values():
+        rt = result.runtime(runtime)
+        assert rt.ok and rt.validation["passed"] and rt.validation["samples"] == 12, rt.status
+        assert [s["batch_size"] for s in rt.stats] == [1, 4]
+    onnx = result.runtime(RUNTIMES["onnx"])
+    if "int8" not in onnx.artifact:  # FP32 on the device computes what torch did on the host
+        assert onnx.validation["agreement"] == 1.0 and onnx.validation["max_abs_logit_diff"] < 1e-3
 
 
 def test_cli_predict_on_a_text_bundle_imports_neither_torch_nor_transformers(shipped):

@@ -77,12 +77,17 @@ def open_onnxruntime(model: str, device: str, threads: int) -> Session:
     session = ort.InferenceSession(model, options, providers=[provider])
     if session.get_providers()[0] != provider:  # a GPU provider that fails to start falls back to the CPU
         raise Unavailable(f"{provider} did not start (onnxruntime fell back to {session.get_providers()[0]})")
-    node = session.get_inputs()[0]
+    nodes = session.get_inputs()
+    node = nodes[0]
     dtype = "float16" if "float16" in node.type else "float32"
     import numpy as np
 
     def predict(batch):
-        return np.asarray(session.run(None, {node.name: np.ascontiguousarray(batch, dtype=dtype)})[0], dtype=np.float32)
+        if isinstance(batch, dict):  # a text model: named int64 token arrays, the ones the model takes
+            feed = {n.name: np.ascontiguousarray(batch[n.name], dtype=np.int64) for n in nodes}
+        else:
+            feed = {node.name: np.ascontiguousarray(batch, dtype=dtype)}
+        return np.asarray(session.run(None, feed)[0], dtype=np.float32)
 
     settings = {"intra_op_num_threads": threads, "providers": session.get_providers(), "onnxruntime": ort.__version__}
     return Session(f"onnxruntime:{provider}", predict, node.shape[0], settings)
@@ -106,8 +111,13 @@ def open_openvino(model: str, device: str, threads: int) -> Session:
     output = compiled.output(0)
     import numpy as np
 
+    names = [port.get_any_name() for port in compiled.inputs]
+
     def predict(batch):
-        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        if isinstance(batch, dict):  # a text model: named int64 token arrays, the ones the model takes
+            result = request.infer({name: np.ascontiguousarray(batch[name], dtype=np.int64) for name in names})
+        else:
+            result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         return np.asarray(result[output], dtype=np.float32).copy()
 
     dim = compiled.input(0).get_partial_shape()[0]
@@ -195,18 +205,61 @@ def _check_files(files: dict[str, str]) -> None:
                 raise RuntimeError(f"{path} does not match the bundle's sha256: the copy to the device is damaged")
 
 
+def _rows(inputs: Any, start: int, stop: int) -> Any:
+    """Rows of model inputs: an image array, or {name: token array} for a text model."""
+    if isinstance(inputs, dict):
+        return {name: array[start:stop] for name, array in inputs.items()}
+    return inputs[start:stop]
+
+
+def _count(inputs: Any) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def _pad_rows(inputs: Any, size: int) -> Any:
+    """Zero rows up to ``size``: a fixed-batch model takes no fewer."""
+    import numpy as np
+
+    def pad(array):
+        return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+    return {name: pad(a) for name, a in inputs.items()} if isinstance(inputs, dict) else pad(inputs)
+
+
+def _slice_inputs(npz: Any) -> Any:
+    """A slice.npz's inputs: ``inputs`` (images), or ``inputs.<name>`` token arrays (text)."""
+    if "inputs" in npz.files:
+        return npz["inputs"]
+    return {key[len("inputs."):]: npz[key] for key in npz.files if key.startswith("inputs.")}
+
+
 def _slice_logits(session: Session, inputs: Any) -> Any:
     import numpy as np
 
     step = session.batch_axis if isinstance(session.batch_axis, int) and session.batch_axis > 0 else 32
     outputs = []
-    for start in range(0, len(inputs), step):
-        chunk = inputs[start : start + step]
-        count = len(chunk)
+    total = _count(inputs)
+    for start in range(0, total, step):
+        chunk = _rows(inputs, start, start + step)
+        count = _count(chunk)
         if isinstance(session.batch_axis, int) and count < step:  # a fixed-batch model gets zero padding
-            chunk = np.concatenate([chunk, np.zeros((step - count, *chunk.shape[1:]), chunk.dtype)])
+            chunk = _pad_rows(chunk, step)
         outputs.append(session.predict(chunk)[:count])
     return np.concatenate(outputs)
+
+
+def _bench_batch(request: dict[str, Any], size: int) -> Any:
+    """The timed input at one batch size: random float32 of the model's input shape, or for a text model the
+    token arrays the host sent (real texts of the benchmark's sequence length), repeated to ``size`` rows."""
+    import numpy as np
+
+    text = request.get("text")
+    if not text:
+        return np.random.default_rng(0).standard_normal((size, *request["input_shape"]), dtype=np.float32)
+    rows = {name: np.asarray(values, dtype=np.int64) for name, values in text["rows"].items()}
+    available = _count(rows)
+    picks = [i % available for i in range(size)]
+    return {name: np.ascontiguousarray(array[picks]) for name, array in rows.items()}
 
 
 def bench(request: dict[str, Any], events: Events) -> None:
@@ -227,19 +280,18 @@ def bench(request: dict[str, Any], events: Events) -> None:
             continue
         sizes = sorted(int(b) for b in request["batch_sizes"])
         fixed = session.batch_axis if isinstance(session.batch_axis, int) and session.batch_axis > 0 else None
-        first = np.random.default_rng(0).standard_normal((fixed or sizes[0], *request["input_shape"]), dtype=np.float32)
-        session.predict(first)
+        session.predict(_bench_batch(request, fixed or sizes[0]))
         cold_start_s = (time.perf_counter_ns() - start) / 1e9
         events.emit("runtime", runtime=runtime, artifact=artifact, status="ok", cold_start_s=cold_start_s,
                     settings=session.settings)
         if slice_data is not None:
-            events.emit("outputs", runtime=runtime, logits=_slice_logits(session, slice_data["inputs"]))
+            events.emit("outputs", runtime=runtime, logits=_slice_logits(session, _slice_inputs(slice_data)))
         for size in sizes:
             if fixed is not None and size != fixed:
                 events.emit("skipped", runtime=runtime, batch_size=size,
                             reason=f"the model's batch size is fixed at {fixed}")
                 continue
-            batch = np.random.default_rng(0).standard_normal((size, *request["input_shape"]), dtype=np.float32)
+            batch = _bench_batch(request, size)
             run_ = loop.timed_runs(lambda: session.predict(batch), warmup=int(request["warmup"]),
                                    min_runs=int(request["min_runs"]), max_seconds=float(request["max_seconds"]),
                                    target_rel_ci=float(request["target_rel_ci"]))

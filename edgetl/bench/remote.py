@@ -206,12 +206,42 @@ def _plan(bundle: _Bundle, profile: TargetProfile) -> tuple[list[dict[str, Any]]
 
 def _request(bundle: _Bundle, profile: TargetProfile, runs: list[dict[str, Any]]) -> dict[str, Any]:
     m = profile.measure
+    text = bundle.manifest.get("kind") == "text"
     return {
         "target": profile.name, "threads": profile.threads, "batch_sizes": profile.batch_sizes,
-        "input_shape": bundle.manifest["input_shape"], "warmup": m.warmup, "min_runs": m.min_runs,
+        "input_shape": bundle.manifest.get("input_shape"), "warmup": m.warmup, "min_runs": m.min_runs,
         "max_seconds": m.max_seconds, "target_rel_ci": m.target_rel_ci, "timeout_s": m.timeout_s,
         "runs": runs, "slice": "validation/slice.npz" if bundle.slice is not None else None,
+        **({"text": text_bench_rows(bundle, max(profile.batch_sizes))} if text else {}),
     }
+
+
+def text_bench_rows(bundle: _Bundle, count: int) -> dict[str, Any]:
+    """What a text model is timed on over there (the device has no tokenizer): ``count`` token rows of the
+    sequence length the host benchmarked at (the test texts' median), padded to one width.
+
+    The rows are the slice's real test texts closest to that length; a bundle without a slice encodes a filler
+    text of that length with its own tokenizer here.
+    """
+    from ..bundle import default_bench_length, slice_inputs
+
+    manifest = bundle.manifest
+    length = default_bench_length(manifest)
+    if bundle.slice is not None:
+        inputs = slice_inputs(bundle.slice)
+        lengths = inputs["attention_mask"].sum(1) if "attention_mask" in inputs else np.full(len(bundle.slice["labels"]), length)
+        order = np.argsort(np.abs(lengths - length), kind="stable")[:count]
+        width = int(lengths[order].max())
+        rows = {name: array[order, :width].tolist() for name, array in inputs.items()}
+    else:
+        import json
+
+        from ..bundle import load_bundle_preprocess
+
+        preprocess = load_bundle_preprocess(json.loads((bundle.root / "preprocess.json").read_text()), bundle.root)
+        encoded = preprocess.encode([" ".join(["account"] * max(1, length - 2))] * count)
+        rows = {name: array.tolist() for name, array in encoded.items()}
+    return {"inputs": list(manifest.get("inputs") or rows), "sequence_length": length, "rows": rows}
 
 
 def _emulation(profile: TargetProfile) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def quantize_file(
     """
     quantizer = get_quantizer(method)
     config = config or QuantizeConfig()
-    model_path = Path(model_path)
+    model_path = Path(model_path).resolve()  # the quantizers run in a temporary working directory
     if not model_path.is_file():
         raise QuantizationError(f"model file not found: {model_path}; export it first (`edgetl export`)")
     if quantizer.source == "onnx" and model_path.suffix != ".onnx":
@@ -246,7 +246,7 @@ def quantize_file(
         # onnxruntime's quantizers leave a uuid-named .data file in the working directory for some graphs (measured
         # on Optimum's BERT export): run them inside the temporary folder, which is removed afterwards.
         with contextlib.chdir(work):
-            info = quantizer.make(model_path.resolve(), work, calibration=calibration, validation=validation,
+            info = quantizer.make(model_path, work, calibration=calibration, validation=validation,
                                   config=config)
         info.seconds = round(time.perf_counter() - start, 2)
         if check:
