@@ -143,19 +143,23 @@ def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation
                  "percentile": quantization.CalibrationMethod.Percentile}[config.calibration_method]
     quant_format = quantization.QuantFormat.QDQ if config.onnx_format == "qdq" else quantization.QuantFormat.QOperator
     out = work / "model.onnx"
+    # A text model (token calibration): quantize the MatMul/Gemm layers only, as NNCF's transformer scheme does.
+    # Quantizing every op puts the attention mask's large negative Add, LayerNorm and Softmax in INT8 too.
+    text_ops = ["MatMul", "Gemm"] if is_token_batches(calibration) else None
     try:
         quantization.quantize_static(
             str(prepared), str(out), _Reader(_input_name(model), calibration), quant_format=quant_format,
             activation_type=activation, weight_type=weight, per_channel=config.per_channel,
             reduce_range=config.reduce_range, calibrate_method=calibrate,
-            calibration_providers=["CPUExecutionProvider"],
+            calibration_providers=["CPUExecutionProvider"], op_types_to_quantize=text_ops,
         )
     except Exception as exc:
         raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
     info = _finish(out, model, method, {
         "source": source.name, "format": config.onnx_format, "types": config.onnx_types,
         "calibration_method": config.calibration_method, "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range, "preprocessed": prepared != source}, calibration)
+        "reduce_range": config.reduce_range, "preprocessed": prepared != source,
+        "op_types": text_ops or "all"}, calibration)
     info.notes += notes
     return info
 

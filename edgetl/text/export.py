@@ -32,10 +32,32 @@ TASK = "text-classification"
 DEFAULT_OPSET = 18  # Optimum warns that BERT wants at least 18 (its attention export); ORT and OpenVINO read it
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
-# Shape contract: batch sizes x sequence lengths, and the largest |logit| difference allowed per precision.
+# Shape contract: batch sizes x sequence lengths, and the deviation from the torch model allowed per precision.
 CONTRACT_BATCHES = (1, 8)
 CONTRACT_LENGTHS = (8, 32, 128)
-CONTRACT_ATOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.5}
+# FP32/FP16: the largest |logit| difference. INT8: the largest |logit| difference of a row as a fraction of that
+# row's reference logit range (max - min). An absolute bound cannot tell a sound INT8 BERT from a broken one on
+# the contract's random-token inputs: measured on the banking77 MiniLM and its 3-layer student, the INT8 variants
+# that passed the accuracy gate (98.7-99.2% agreement) deviated by 0.05-0.27 of the range, the ones that did not
+# (onnx static INT8 with every op quantized: 17-58% agreement) by 0.21-1.85, mostly above 0.5.
+CONTRACT_ATOL = {"fp32": 1e-3, "fp16": 5e-2}
+CONTRACT_RELATIVE = {"int8": 0.35}
+CONTRACT_VERSION = 2  # in the pipeline's record key: a change of measure re-runs the contract
+
+
+def contract_limit(precision: str) -> tuple[str, float]:
+    """("abs", max |Δlogit|) or ("relative", max |Δlogit| / the row's logit range) for a precision."""
+    if precision in CONTRACT_RELATIVE:
+        return "relative", CONTRACT_RELATIVE[precision]
+    return "abs", CONTRACT_ATOL[precision]
+
+
+def contract_deviation(got: np.ndarray, expected: np.ndarray, measure: str) -> float:
+    diff = np.abs(got - expected)
+    if measure == "abs":
+        return float(diff.max())
+    spread = np.maximum(expected.max(axis=1) - expected.min(axis=1), 1e-6)
+    return float((diff.max(axis=1) / spread).max())
 
 
 @dataclass
@@ -196,6 +218,11 @@ class ContractCase:
     max_abs_diff: float
     agreement: float
     passed: bool
+    deviation: float = 0.0  # what the limit is on: max_abs_diff, or (INT8) relative to the row's logit range
+
+
+def describe_deviation(value: float, measure: str) -> str:
+    return f"max |Δlogit| {value:.3g}" if measure == "abs" else f"max |Δlogit| {value:.3g} of the logit range"
 
 
 def contract_inputs(batch: int, length: int, *, vocab_size: int, seed: int = 0, cls_id: int = 2, sep_id: int = 3,
@@ -218,7 +245,8 @@ def check_shape_contract(reference, variants: dict[str, tuple[str | os.PathLike,
                          precision: str = "fp32", atol: float | None = None, threads: int = 0,
                          preprocess=None, raise_on_failure: bool = True) -> list[ContractCase]:  # fmt: skip
     """Run every variant {name: (model file, runtime)} against the torch ``reference`` model at each batch size
-    and sequence length; every case must give logits of shape (batch, classes) within ``atol`` of the reference.
+    and sequence length; every case must give logits of shape (batch, classes) within the precision's limit
+    (``contract_limit``; ``atol`` overrides it with an absolute bound) of the reference.
 
     ``preprocess`` (a TextPreprocess) supplies the real [CLS]/[SEP]/[PAD] ids; without it BERT's usual layout
     of a WordPiece vocabulary is assumed. Raises ExportError listing the failing cases (unless
@@ -226,7 +254,7 @@ def check_shape_contract(reference, variants: dict[str, tuple[str | os.PathLike,
     """
     from ..runners import open_runner
 
-    tolerance = atol if atol is not None else CONTRACT_ATOL[precision]
+    measure, tolerance = ("abs", atol) if atol is not None else contract_limit(precision)
     vocab_size = int(reference.config.vocab_size)
     special = {"cls_id": 2, "sep_id": 3, "pad_id": int(reference.config.pad_token_id or 0)}
     if preprocess is not None:
@@ -247,20 +275,23 @@ def check_shape_contract(reference, variants: dict[str, tuple[str | os.PathLike,
                     feed = contract_inputs(batch, length, vocab_size=vocab_size, **special)
                     expected = torch_runner.predict(feed)
                     got = runner.predict(feed)
-                    if got.shape != expected.shape:
-                        cases.append(ContractCase(variant, runner.name, batch, length, float("inf"), 0.0, False))
+                    if got.shape != expected.shape or not np.isfinite(got).all():
+                        cases.append(ContractCase(variant, runner.name, batch, length, float("inf"), 0.0, False,
+                                                  float("inf")))
                         continue
                     diff = float(np.abs(got - expected).max())
+                    deviation = contract_deviation(got, expected, measure)
                     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
-                    cases.append(ContractCase(variant, runner.name, batch, length, diff, agreement, diff <= tolerance))
+                    cases.append(ContractCase(variant, runner.name, batch, length, diff, agreement,
+                                              deviation <= tolerance, deviation))
         finally:
             runner.close()
     failed = [case for case in cases if not case.passed]
     if failed and raise_on_failure:
         worst = ", ".join(
-            f"{c.variant} batch {c.batch} x {c.length} tokens: |Δ| {c.max_abs_diff:.3g}" for c in failed[:4]
+            f"{c.variant} batch {c.batch} x {c.length} tokens: {describe_deviation(c.deviation, measure)}"
+            for c in failed[:4]
         )
-        raise ExportError(
-            f"shape contract failed for {len(failed)} case(s) (atol {tolerance}): {worst}; re-export the model"
-        )
+        raise ExportError(f"shape contract failed for {len(failed)} case(s) (limit "
+                          f"{describe_deviation(tolerance, measure)}): {worst}; re-export the model")
     return cases
