@@ -538,12 +538,30 @@ def select(ctx: RunContext, validation: dict[str, dict], benchmarks: dict[str, d
 def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict | None = None,
                decisions: dict | None = None):
     """Bundle what ``select`` chose into models/<name>/ and a .tar.gz, with a validation slice for devices."""
-    from .bundle import Artifact, ValidationSlice, ship
-    from .errors import BundleError
+    from .bundle import Artifact, ship
 
     validation = validation or validate_stage(ctx)
     benchmarks = benchmarks or bench_stage(ctx)
     decisions = decisions or select(ctx, validation, benchmarks)
+    chosen, default = shipped_artifacts(ctx, decisions)
+    artifacts = []
+    for artifact in chosen:
+        folder = ctx.artifact_dir(artifact)
+        files = [folder / f for f in read_json(folder / "export.json")["files"]]
+        artifacts.append(Artifact(name=artifact.name, format=artifact.format, files=files, runtime=artifact.runtime,
+                                  validation=validation[artifact.name], benchmark=benchmarks.get(artifact.name)))
+    model_key = chosen[0].model
+    return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
+                labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key), recipe_toml=ctx.recipe.to_toml(),
+                recipe_hash=ctx.recipe.section_hash(), card=_card(ctx, chosen), default=default,
+                validation_slice=validation_slice(ctx, model_key))
+
+
+def shipped_artifacts(ctx: RunContext, decisions: dict[str, dict]) -> tuple[list[Planned], str]:
+    """The artifacts ``select`` shipped and the default one's name, logging why each other one was left out;
+    a BundleError with every failure when nothing passed."""
+    from .errors import BundleError
+
     chosen = [a for a in ctx.plan() if decisions[a.name]["status"] == "shipped"]
     if not chosen:
         failed = [f"{name}: {d['reason']}" for name, d in decisions.items() if d["status"] == "lost"]
@@ -552,22 +570,19 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
     for name, decision in decisions.items():
         if decision["status"] in ("lost", "skipped"):
             ctx.log(f"ship: {name} left out: {decision['reason']}")
-    artifacts = []
-    for artifact in chosen:
-        folder = ctx.artifact_dir(artifact)
-        files = [folder / f for f in read_json(folder / "export.json")["files"]]
-        artifacts.append(Artifact(name=artifact.name, format=artifact.format, files=files, runtime=artifact.runtime,
-                                  validation=validation[artifact.name], benchmark=benchmarks.get(artifact.name)))
-    default = next(a.name for a in chosen if decisions[a.name].get("default"))
-    model_key = chosen[0].model
-    # A few test images with the shipped model's FP32 outputs: each target device is held to them.
-    probe = ValidationSlice.from_split(ctx.splits.test, ctx.preprocess_of(model_key), ctx.reference_logits(model_key),
-                                       size=ctx.recipe.ship.validation_slice, seed=ctx.recipe.run.seed,
-                                       reference=_prefix(model_key) + TORCH_VARIANT)
-    return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
-                labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key), recipe_toml=ctx.recipe.to_toml(),
-                recipe_hash=ctx.recipe.section_hash(), card=_card(ctx, chosen), default=default,
-                validation_slice=probe if ctx.recipe.ship.validation_slice else None)
+    return chosen, next(a.name for a in chosen if decisions[a.name].get("default"))
+
+
+def validation_slice(ctx: RunContext, model_key: str):
+    """``ship.validation_slice`` test samples (images, or tokenized texts) with the shipped model's FP32 outputs,
+    which each target device is held to; None when the recipe ships none."""
+    from .bundle import ValidationSlice
+
+    if not ctx.recipe.ship.validation_slice:
+        return None
+    return ValidationSlice.from_split(ctx.splits.test, ctx.preprocess_of(model_key), ctx.reference_logits(model_key),
+                                      size=ctx.recipe.ship.validation_slice, seed=ctx.recipe.run.seed,
+                                      reference=_prefix(model_key) + TORCH_VARIANT)
 
 
 def _card(ctx: RunContext, chosen: list[Planned]) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import numpy as np
 from .._io import read_json, sha256_file, write_json, write_text
 from ..errors import EdgetlError, ExportError, QuantizationSkipped
 from ..pipeline import (
-    STUDENT, TEACHER, TORCH_VARIANT, VARIANTS, Planned, RunContext, _is_fresh, _made, _prefix, distill_summary, select,
-    summary_rows, validate_artifact,
+    STUDENT, TEACHER, VARIANTS, Planned, RunContext, _is_fresh, _made, distill_summary, select, shipped_artifacts,
+    summary_rows, validate_artifact, validation_slice,
 )
 from ..recipe import Recipe
 
@@ -342,35 +342,22 @@ def bench_stage(ctx: TextRunContext) -> dict[str, dict[str, Any]]:
 def ship_stage(ctx: TextRunContext, validation: dict | None = None, benchmarks: dict | None = None,
                decisions: dict | None = None):
     """Bundle what ``select`` chose: model files, tokenizer files, labels.json, preprocess.json, model card."""
-    from ..bundle import Artifact, ValidationSlice, ship
-    from ..errors import BundleError
+    from ..bundle import Artifact, ship
     from .preprocess import TOKENIZER_FILES
 
     validation = validation or validate_stage(ctx)
     benchmarks = benchmarks or bench_stage(ctx)
     decisions = decisions or select(ctx, validation, benchmarks)
-    chosen = [a for a in ctx.plan() if decisions[a.name]["status"] == "shipped"]
-    if not chosen:
-        failed = [f"{name}: {d['reason']}" for name, d in decisions.items() if d["status"] == "lost"]
-        raise BundleError("nothing to ship: no artifact passed validation (" + "; ".join(failed) +
-                          "); loosen validate.gate or fix the failing variants")
-    for name, decision in decisions.items():
-        if decision["status"] in ("lost", "skipped"):
-            ctx.log(f"ship: {name} left out: {decision['reason']}")
+    chosen, default = shipped_artifacts(ctx, decisions)
     artifacts = [Artifact(name=a.name, format=a.format, files=ctx.shipped_files(a), runtime=a.runtime,
                           validation=validation[a.name], benchmark=benchmarks.get(a.name)) for a in chosen]
-    default = next(a.name for a in chosen if decisions[a.name].get("default"))
     model_key = chosen[0].model
     tokenizer_dir = ctx.model_dir(model_key) / MODEL_DIR
     tokenizer = {name: tokenizer_dir / name for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()}
-    # A few test texts, tokenized, with the shipped model's FP32 outputs: each target device is held to them.
-    probe = ValidationSlice.from_split(ctx.splits.test, ctx.preprocess_of(model_key), ctx.reference_logits(model_key),
-                                       size=ctx.recipe.ship.validation_slice, seed=ctx.recipe.run.seed,
-                                       reference=_prefix(model_key) + TORCH_VARIANT) if ctx.recipe.ship.validation_slice else None
     return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
                 labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key),
                 recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(), card=_card(ctx, chosen),
-                default=default, extra_files=tokenizer, validation_slice=probe)
+                default=default, extra_files=tokenizer, validation_slice=validation_slice(ctx, model_key))
 
 
 def _card(ctx: TextRunContext, chosen: list[Planned]) -> dict[str, Any]:
