@@ -54,23 +54,22 @@ def predict_logits(runner, data: LabeledImages, preprocess, batch_size: int = 64
     """
     if len(data) == 0:
         raise DataError("the validation split is empty; give the data source more samples")
-    outputs = [
-        runner.predict(_model_inputs(data, preprocess, start, start + batch_size))
-        for start in range(0, len(data), batch_size)
-    ]
-    logits = np.concatenate(outputs).astype(np.float32)
+    if hasattr(data, "texts"):  # texts of similar length batched together: each batch is padded to its longest
+        order = np.argsort(preprocess.token_lengths(data.texts), kind="stable")
+        outputs = [runner.predict(preprocess.encode([data.texts[i] for i in order[start : start + batch_size]]))
+                   for start in range(0, len(data), batch_size)]
+        logits = np.empty((len(data), *np.shape(outputs[0])[1:]), dtype=np.float32)
+        logits[order] = np.concatenate(outputs)
+    else:
+        outputs = [runner.predict(preprocess.normalize(data.images[start : start + batch_size]))
+                   for start in range(0, len(data), batch_size)]
+        logits = np.concatenate(outputs).astype(np.float32)
     if logits.ndim != 2 or logits.shape[1] != len(data.classes):
         raise DataError(
             f"{runner.name} returned logits of shape {logits.shape} for {len(data.classes)} classes; "
             "was the model trained on this dataset?"
         )
     return logits
-
-
-def _model_inputs(data, preprocess, start: int, stop: int):
-    if hasattr(data, "texts"):  # LabeledTexts with a TextPreprocess
-        return preprocess.encode(data.texts[start:stop])
-    return preprocess.normalize(data.images[start:stop])
 
 
 def validate(

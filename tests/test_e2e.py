@@ -94,20 +94,23 @@ def test_qat_runs_only_when_post_training_int8_misses_the_gate(finished_run, mon
 
     root, _, _ = finished_run
     monkeypatch.chdir(root)
+    # The teacher (about 70% accurate here); the one-epoch student is near chance, so its agreement means little.
     recipe = load_recipe(root / "runs/e2e/recipe.toml", ["quantize.qat=true", "quantize.qat_epochs=1",
-                                                         "quantize.models=['student']"])
+                                                         "quantize.models=['teacher']"])
     ctx = pipeline.RunContext(recipe, progress=False, log=lambda _: None)
     real = pipeline.validate_artifact
     # The verdict on the post-training variant is what decides; force it both ways.
     monkeypatch.setattr(pipeline, "validate_artifact", lambda ctx, a: {**real(ctx, a), "passed": ptq_passes})
     made = pipeline.qat_stage(ctx)
-    assert list(made) == ["student-openvino-int8-qat"]
-    folder = root / "runs/e2e/artifacts/student-openvino-int8-qat"
+    assert list(made) == ["openvino-int8-qat"]
+    folder = root / "runs/e2e/artifacts/openvino-int8-qat"
     if ptq_passes:
-        assert made["student-openvino-int8-qat"] is None
-        assert "student-openvino-int8 passed the gate" in json.loads((folder / "skipped.json").read_text())["reason"]
+        assert made["openvino-int8-qat"] is None
+        assert "openvino-int8 passed the gate" in json.loads((folder / "skipped.json").read_text())["reason"]
         return
     assert (folder / "model.xml").is_file() and not (folder / "skipped.json").exists()
-    report = real(ctx, next(a for a in ctx.plan() if a.name == "student-openvino-int8-qat"))
-    assert report["agreement"] > 0.8  # the QAT model is the student, quantized: it mostly agrees with it
-    assert pipeline.qat_stage(ctx)["student-openvino-int8-qat"]["method"] == "openvino-int8-qat"  # fresh: reused
+    report = real(ctx, next(a for a in ctx.plan() if a.name == "openvino-int8-qat"))
+    ptq = real(ctx, next(a for a in ctx.plan() if a.name == "openvino-int8"))
+    # The QAT model is the teacher, quantized: it agrees with it about as well as post-training INT8 does.
+    assert report["samples"] == 200 and report["agreement"] >= ptq["agreement"] - 0.1, (report, ptq)
+    assert pipeline.qat_stage(ctx)["openvino-int8-qat"]["method"] == "openvino-int8-qat"  # fresh: reused
