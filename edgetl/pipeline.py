@@ -236,7 +236,7 @@ class RunContext:
         return data
 
     def _quantize(self, artifact: Planned, folder: Path, key: dict[str, Any]):
-        from .quantize import QUANTIZERS, ValidationSet, calibration_images, quantize_file
+        from .quantize import QUANTIZERS, ValidationSet, quantize_file
 
         quantizer = QUANTIZERS[artifact.kind]
         source = self.artifact_file(self.fp32_artifact(artifact.model, quantizer.source))
@@ -245,14 +245,20 @@ class RunContext:
         try:
             return quantize_file(
                 source, artifact.kind, folder, config=config,
-                calibration=calibration_images(self.splits.train, preprocess, config.calibration_size,
-                                               seed=self.recipe.run.seed) if quantizer.needs_calibration else None,
+                calibration=self.calibration(preprocess) if quantizer.needs_calibration else None,
                 validation=ValidationSet(self.splits.val, preprocess) if quantizer.needs_validation else None,
             )
         except QuantizationSkipped as exc:
             self.log(f"quantize: {artifact.name} skipped: {exc}")
             write_json(folder / "skipped.json", {"key": key, "variant": artifact.name, "reason": str(exc)})
             return None
+
+    def calibration(self, preprocess):
+        """``quantize.calibration_size`` training images, normalized (a text context gives token batches)."""
+        from .quantize import calibration_images
+
+        return calibration_images(self.splits.train, preprocess, self.recipe.quantize.calibration_size,
+                                  seed=self.recipe.run.seed)
 
     def open(self, artifact: Planned, threads: int):
         from .runners import open_runner

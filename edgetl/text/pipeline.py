@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._io import read_json, sha256_file, write_json, write_text
-from ..errors import EdgetlError, ExportError, QuantizationSkipped
+from ..errors import EdgetlError, ExportError
 from ..pipeline import (
     STUDENT, TEACHER, VARIANTS, Planned, RunContext, _is_fresh, _made, distill_summary, select, shipped_artifacts,
     summary_rows, validate_artifact, validation_slice,
@@ -87,7 +87,7 @@ class TextRunContext(RunContext):
 
     def make_artifact(self, artifact: Planned) -> dict[str, Any] | None:
         if artifact.format == "torch" or artifact.kind not in VARIANTS:
-            return super().make_artifact(artifact)  # torch: nothing; quantized: the shared records, self._quantize
+            return super().make_artifact(artifact)  # torch: nothing; quantized: the shared code, calibrated by self.calibration
         folder = self.artifact_dir(artifact)
         record = folder / "export.json"
         key = {"checkpoint": self.checkpoint_hash(artifact.model), "export": self.recipe.section_hash("export")}
@@ -100,24 +100,12 @@ class TextRunContext(RunContext):
         write_json(record, data)
         return data
 
-    def _quantize(self, artifact: Planned, folder: Path, key: dict[str, Any]):
-        from ..quantize import QUANTIZERS, ValidationSet, calibration_texts, quantize_file
+    def calibration(self, preprocess):
+        """``quantize.calibration_size`` training texts as token batches of similar lengths."""
+        from ..quantize import calibration_texts
 
-        quantizer = QUANTIZERS[artifact.kind]
-        source = self.artifact_file(self.fp32_artifact(artifact.model, quantizer.source))
-        self.log(f"quantize: {artifact.name}")
-        config, preprocess = self.recipe.quantize, self.preprocess_of(artifact.model)
-        try:
-            return quantize_file(
-                source, artifact.kind, folder, config=config,
-                calibration=calibration_texts(self.splits.train, preprocess, config.calibration_size,
-                                              seed=self.recipe.run.seed) if quantizer.needs_calibration else None,
-                validation=ValidationSet(self.splits.val, preprocess) if quantizer.needs_validation else None,
-            )
-        except QuantizationSkipped as exc:
-            self.log(f"quantize: {artifact.name} skipped: {exc}")
-            write_json(folder / "skipped.json", {"key": key, "variant": artifact.name, "reason": str(exc)})
-            return None
+        return calibration_texts(self.splits.train, preprocess, self.recipe.quantize.calibration_size,
+                                 seed=self.recipe.run.seed)
 
     def shipped_files(self, artifact: Planned) -> list[Path]:
         """The model files of an artifact that go into a bundle (the tokenizer goes once, at the bundle's root)."""
