@@ -68,8 +68,34 @@ def test_quantizer_makes_a_runnable_artifact_that_agrees(method, trained, tmp_pa
     assert agreement >= 0.95, f"{method}: top-1 agreement with FP32 only {agreement:.2%}"
     if "int8" in method:  # really quantized: weights stored in 8 bits
         assert _int8_weights(tmp_path / quantizer.file), f"{method}: no INT8 weights in the artifact"
-    if method == "openvino-int8-acc":
-        assert info.settings["max_accuracy_drop_points"] == CONFIG.max_accuracy_drop
+    if method == "openvino-int8-acc":  # held to the gate's own measure: agreement with the FP32 model
+        assert info.settings["metric"] == "agreement with FP32"
+        assert info.settings["max_drop"] == pytest.approx(1 - CONFIG.min_agreement)
+    if method == "onnx-int8-static-acc":
+        assert info.settings["agreement"] >= CONFIG.min_agreement and info.settings["validation_samples"] == 60
+
+
+def test_accuracy_aware_static_int8_keeps_the_costly_layers_in_fp32(trained, tmp_path):
+    """Calibrated on inputs 20x too dim, every activation range is too narrow and all-INT8 clips: the search must
+    put layers back in FP32 until the validation samples agree with FP32 as the config asks, and say which."""
+    calibration = calibration_images(trained["train"], PREPROCESS, CONFIG.calibration_size) * 0.05
+    config = QuantizeConfig(**{**CONFIG.__dict__, "min_agreement": 1.0, "max_accuracy_drop": 0.0})
+    validation = ValidationSet(trained["test"], PREPROCESS)
+    info = quantize_file(trained["onnx"], "onnx-int8-static-acc", tmp_path, calibration=calibration,
+                         validation=validation, config=config)
+    settings = info.settings
+    assert settings["all_int8_agreement"] < 1.0, "the dim calibration should have broken all-INT8"
+    assert settings["fp32_layers"] and settings["agreement"] == 1.0 and settings["accuracy_drop"] <= 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"], "search files left behind"
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    kept = {n.name for n in graph.node}
+    assert set(settings["fp32_layers"]) <= kept, "the reverted layers should still be there, unquantized"
+    logits = open_runner(tmp_path / "model.onnx", "onnxruntime:CPUExecutionProvider").predict(
+        PREPROCESS.normalize(trained["test"].images))
+    assert (logits.argmax(1) == trained["reference"].argmax(1)).all()
+    assert _int8_weights(tmp_path / "model.onnx"), "nothing left in INT8: the search should revert the fewest layers"
 
 
 def test_relative_paths_work_from_any_directory(trained, tmp_path, monkeypatch):

@@ -54,6 +54,26 @@ class ValidationSet:
     data: Any  # edgetl.data.LabeledImages
     preprocess: Any  # edgetl.data.Preprocess
 
+    def subset(self, size: int, method: str) -> Any:
+        """At most ``size`` samples, stratified over classes (fixed seed), or a one-line error when empty."""
+        data = self.data
+        if len(data) > size:
+            from ..data.dataset import stratified_indices
+
+            per_class = -(-size // len(data.classes))
+            data = data.subset(np.sort(stratified_indices(data.labels, per_class, 0)[:size]))
+        if len(data) == 0:
+            raise QuantizationError(f"{method} needs labelled validation samples; the validation split is empty")
+        return data
+
+
+def accuracy_gate(config) -> Any:
+    """The gate the accuracy-aware methods hold a candidate to on the validation samples, judged by the shared
+    validation check (``edgetl.validate``): ``quantize.max_accuracy_drop`` and ``quantize.min_agreement``."""
+    from ..recipe import GateConfig
+
+    return GateConfig(max_accuracy_drop=config.max_accuracy_drop, min_agreement=config.min_agreement)
+
 
 # make(source, folder, calibration=..., validation=..., config=...) -> QuantizeInfo (settings, files)
 MakeFn = Callable[..., QuantizeInfo]

@@ -133,11 +133,12 @@ class _CompiledRunner:
         return np.asarray(self.compiled(np.ascontiguousarray(batch, dtype=np.float32))[0], dtype=np.float32)
 
 
-def validation_metric(data, preprocess) -> Any:
-    """NNCF's ``validation_fn``: top-1 accuracy (a fraction) from edgetl's shared validation check.
+def validation_metric(data, preprocess, reference: np.ndarray | None = None) -> Any:
+    """NNCF's ``validation_fn`` from edgetl's shared validation check: top-1 accuracy (a fraction), or with
+    ``reference`` (the FP32 model's logits on ``data``) top-1 agreement with it, the gate's own measure.
 
     NNCF passes the compiled model and the items of the validation dataset (indices into ``data``);
-    the per-item correctness goes back too, so NNCF can rank layers by the metric itself.
+    the per-item values go back too, so NNCF can rank layers by the metric itself.
     """
     from ..validate import predict_logits, validate
 
@@ -146,6 +147,9 @@ def validation_metric(data, preprocess) -> Any:
         subset = data.subset(indices)
         runner = _CompiledRunner(compiled)
         logits = predict_logits(runner, subset, preprocess, batch_size=32)
+        if reference is not None:
+            hits = logits.argmax(1) == reference[indices].argmax(1)
+            return float(hits.mean()), hits.astype(np.float64).tolist()
         report = validate(runner, subset, preprocess, logits=logits)
         per_item = (logits.argmax(1) == subset.labels).astype(np.float64).tolist()
         return report.accuracy / 100.0, per_item
@@ -160,14 +164,7 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
     nncf = _nncf()
     model = read_model(source)
     metadata = _model_info(model)
-    data, preprocess = validation.data, validation.preprocess
-    if len(data) > config.validation_size:
-        from ..data.dataset import stratified_indices
-
-        per_class = -(-config.validation_size // len(data.classes))
-        data = data.subset(np.sort(stratified_indices(data.labels, per_class, 0)[: config.validation_size]))
-    if len(data) == 0:
-        raise QuantizationError(f"{method} needs labelled validation images; the validation split is empty")
+    data, preprocess = validation.subset(config.validation_size, method), validation.preprocess
     # items are indices; the transform turns one into the model input NNCF uses when ranking layers
     texts = hasattr(data, "texts")
     validation_dataset = nncf.Dataset(
@@ -175,10 +172,18 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
         (lambda item: preprocess.encode(data.texts[int(item[0]) : int(item[0]) + 1])) if texts else
         (lambda item: preprocess.normalize(data.images[int(item[0]) : int(item[0]) + 1])),
     )
+    reference = None
+    if config.min_agreement > 0:  # hold the INT8 model to agreement with the FP32 one, as the gate does
+        from ..validate import predict_logits
+
+        fp32 = _ov().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        reference = predict_logits(_CompiledRunner(fp32), data, preprocess, batch_size=32)
+    # the metric is a fraction; the recipe says points (accuracy) or a fraction (agreement)
+    max_drop = 1.0 - config.min_agreement if reference is not None else config.max_accuracy_drop / 100.0
     try:
         quantized = nncf.quantize_with_accuracy_control(
-            model, _nncf_dataset(calibration), validation_dataset, validation_metric(data, preprocess),
-            max_drop=config.max_accuracy_drop / 100.0,  # the metric is a fraction, the recipe says points
+            model, _nncf_dataset(calibration), validation_dataset, validation_metric(data, preprocess, reference),
+            max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE, preset=_preset(config), subset_size=len(calibration),
             model_type=_model_type(model, calibration),
             # Measured on a 2-layer BERT (NNCF 3.4): with SmoothQuant on, the layers the restorer reverts to FP32 keep
@@ -196,7 +201,8 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
     files = _save(quantized, work, metadata, method, compress_to_fp16=False)
     return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
                         settings={"preset": config.openvino_preset, "subset_size": len(calibration),
-                                  "max_accuracy_drop_points": config.max_accuracy_drop,
+                                  "metric": "agreement with FP32" if reference is not None else "accuracy",
+                                  "max_drop": round(max_drop, 6),
                                   "validation_images": len(data), "fake_quantize_ops": fake_quantize,
                                   "max_iterations": config.accuracy_control_max_iterations,
                                   "model_type": "transformer" if is_token_batches(calibration) else "default",
