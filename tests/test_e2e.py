@@ -20,7 +20,7 @@ SMALL = [
     "quantize.calibration_size=40",
 ]
 FP32 = ["torch-fp32", "onnx-fp32", "openvino-fp32"]
-QUANTIZED = ["onnx-int8-dynamic", "onnx-int8-static", "openvino-int8"]
+QUANTIZED = ["onnx-int8-dynamic", "onnx-int8-static", "onnx-int8-static-acc", "openvino-int8"]
 
 
 def _edgetl(tmp_path, *args):
@@ -42,7 +42,10 @@ def test_run_ships_a_verified_bundle_with_a_table(finished_run):
     for variant in expected:
         assert variant in result.stdout
     summary = json.loads((root / "runs/e2e/summary.json").read_text())
-    assert {row["variant"] for row in summary["variants"]} == set(expected)
+    made = {row["variant"] for row in summary["variants"]}
+    # an accuracy-aware variant that cannot pass the gate is skipped, with its reason; every other one is made
+    assert made <= set(expected) and all(name.endswith("-acc") for name in set(expected) - made)
+    assert all(summary["decisions"][name]["status"] == "skipped" for name in set(expected) - made)
     assert summary["test_accuracy"] > 30  # 10 classes: chance is 10%
     assert summary["distill"]["baseline_test_accuracy"] is not None  # the no-teacher ablation ran
     assert all(row["median_ms"] > 0 for row in summary["variants"])
