@@ -228,3 +228,22 @@ def test_calibration_images_fill_the_requested_size_when_classes_are_uneven():
     images = calibration_images(uneven, PREPROCESS, 9)
     assert images.shape == (9, 3, 32, 32) and images.dtype == np.float32
     assert calibration_images(uneven, PREPROCESS, 100).shape[0] == len(uneven)
+
+
+@pytest.mark.parametrize("flags, overrides, expected", [
+    (["avx2"], {}, True),  # x86 without VNNI: u8s8 kernels saturate int16 pair sums
+    (["avx2", "avx512f", "avx512_vnni"], {}, False),
+    (["avx2"], {"reduce_range": True}, False),  # 7-bit weights cannot saturate
+    (["avx2"], {"onnx_types": "u8u8"}, False),
+])
+def test_static_int8_says_when_this_cpu_may_saturate(monkeypatch, flags, overrides, expected):
+    import importlib
+    import platform
+
+    from edgetl.quantize import _ort
+
+    environment = importlib.import_module("edgetl.bench.environment")  # edgetl.bench.environment is also a function
+    monkeypatch.setattr(environment, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    notes = _ort._saturation_notes(QuantizeConfig(**overrides))
+    assert bool(notes) == expected and all("VNNI" in note for note in notes)

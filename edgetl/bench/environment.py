@@ -72,6 +72,11 @@ def environment() -> dict[str, Any]:
     }
 
 
+def cpu_flags() -> list[str]:
+    """This CPU's flags among RELEVANT_CPU_FLAGS (empty where /proc/cpuinfo is missing)."""
+    return _cpu_flags(_read("/proc/cpuinfo"))
+
+
 def package_versions() -> dict[str, str | None]:
     """Versions of edgetl, numpy, onnxruntime, openvino and torch (None: not installed), without importing
     any of them: an already imported module reports its ``__version__``, the rest their package metadata."""
