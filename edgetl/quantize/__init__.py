@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,14 +64,6 @@ class ValidationSet:
         if len(data) == 0:
             raise QuantizationError(f"{method} needs labelled validation samples; the validation split is empty")
         return data
-
-
-def accuracy_gate(config) -> Any:
-    """The gate the accuracy-aware methods hold a candidate to on the validation samples, judged by the shared
-    validation check (``edgetl.validate``): ``quantize.max_accuracy_drop`` and ``quantize.min_agreement``."""
-    from ..recipe import GateConfig
-
-    return GateConfig(max_accuracy_drop=config.max_accuracy_drop, min_agreement=config.min_agreement)
 
 
 # make(source, folder, calibration=..., validation=..., config=...) -> QuantizeInfo (settings, files)

@@ -190,61 +190,64 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
     ``quantize.max_accuracy_drop`` points of accuracy lost. Layers are ranked by what quantizing each one alone
     costs (agreement, then KL divergence); the fewest of the most costly are reverted (a bisection over how many).
     """
+    import onnx
+
+    from ..recipe import GateConfig
     from ..runners import open_runner
     from ..validate import predict_logits, validate
-    from . import accuracy_gate
 
     quantization = _quantization()
     method = "onnx-int8-static-acc"
     options = _static_options(config, quantization)
     model = _load_checked(source, method)
     prepared, notes = _preprocessed(source, work, config)
-    data, preprocess, gate = validation.subset(config.validation_size, method), validation.preprocess, accuracy_gate(config)
-    reader, cache = _Reader(_input_name(model), calibration), work / ".calibration.json"
-    candidate = work / ".candidate.onnx"
+    data, preprocess = validation.subset(config.validation_size, method), validation.preprocess
+    gate = GateConfig(max_accuracy_drop=config.max_accuracy_drop, min_agreement=config.min_agreement)
+    reader, text_ops = _Reader(_input_name(model), calibration), _text_ops(calibration)
+    cache, candidate, out = work / ".calibration.json", work / ".candidate.onnx", work / "model.onnx"
     with contextlib.closing(open_runner(prepared, RUNTIME)) as runner:
         reference = predict_logits(runner, data, preprocess)
-    written: list = [None]  # what the candidate file holds: (exclude, only)
 
     def judged(exclude: list[str] | None = None, only: list[str] | None = None):
-        try:  # ranges are calibrated once, on the first call, and cached beside the candidate
+        """Quantize (ranges calibrated once, then read from the cache) and validate; a passing model becomes
+        the output: the search only tries fewer FP32 layers after a pass, so the last pass is the answer."""
+        try:
             quantization.quantize_static(str(prepared), str(candidate), reader, nodes_to_exclude=exclude,
-                                         nodes_to_quantize=only, op_types_to_quantize=_text_ops(calibration),
+                                         nodes_to_quantize=only, op_types_to_quantize=text_ops,
                                          calibration_cache_path=str(cache), **options)
         except Exception as exc:
             raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
-        written[0] = (exclude, only)
         with contextlib.closing(open_runner(candidate, RUNTIME)) as runner:
-            return validate(runner, data, preprocess, reference=reference, gate=gate)
+            report = validate(runner, data, preprocess, reference=reference, gate=gate)
+        if report.passed and only is None:
+            candidate.replace(out)
+        return report
 
     start = time.perf_counter()
     first = report = judged()
     reverted: list[str] = []
     ranked: list[str] = []
     if not report.passed:
-        ops = set(_text_ops(calibration) or _SEARCHED_OPS)
-        layers = [n.name for n in onnx_nodes(prepared) if n.name and n.op_type in ops]
+        ops = set(text_ops or _SEARCHED_OPS)
+        layers = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node
+                  if n.name and n.op_type in ops]
         costs = {name: judged(only=[name]) for name in layers}
         ranked = sorted(layers, key=lambda name: (costs[name].agreement, -costs[name].mean_kl))
-        most = min(len(ranked), max(config.accuracy_control_max_iterations, 1))
-        report = judged(exclude=ranked[:most])
+        low, high = 0, min(len(ranked), max(config.accuracy_control_max_iterations, 1))  # high must pass, low fails
+        report = judged(exclude=ranked[:high])
         if not report.passed:
             raise QuantizationSkipped(
-                f"{method}: with the {most} most sensitive of {len(layers)} layers in FP32 the model still fails "
+                f"{method}: with the {high} most sensitive of {len(layers)} layers in FP32 the model still fails "
                 f"the gate on {len(data)} validation samples ({'; '.join(report.reasons)}); variant skipped")
-        low, high, best = 0, most, report  # high passes, low fails
         while high - low > 1:
             middle = (low + high) // 2
             trial = judged(exclude=ranked[:middle])
             if trial.passed:
-                high, best = middle, trial
+                high, report = middle, trial
             else:
                 low = middle
-        reverted, report = ranked[:high], best
-        if written[0] != (reverted, None):  # the candidate file holds a later, failed trial: remake the chosen one
-            judged(exclude=reverted)
-    out = work / "model.onnx"
-    candidate.replace(out)
+        reverted = ranked[:high]
+    candidate.unlink(missing_ok=True)
     cache.unlink(missing_ok=True)
     settings = _static_settings(source, prepared, config, calibration) | {
         "validation_samples": len(data), "min_agreement": config.min_agreement,
@@ -259,12 +262,6 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
         info.notes.append(f"all-INT8 reached {first.agreement:.2%} agreement on {len(data)} validation samples; "
                           f"{len(reverted)} of {len(ranked)} layers kept in FP32 to pass ({named})")
     return info
-
-
-def onnx_nodes(path: Path) -> list:
-    import onnx
-
-    return list(onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def _saturation_notes(config) -> list[str]:
