@@ -70,7 +70,7 @@ class Workload:
 def default_workload(run: Path, quick: bool) -> Workload:
     from edgetl.backbones import get_spec
     from edgetl.data import load_splits
-    from edgetl.finetune import load_checkpoint
+    from edgetl.tasks.image import load_checkpoint
     from edgetl.recipe import load_recipe
 
     recipe_file = run / "recipe.toml"
@@ -200,7 +200,7 @@ def make_variants(workload: Workload, methods: list[str], log=print) -> list[dic
         variants.append({"model": model_name, "variant": "onnx-fp32", "file": sources["onnx"], "runtimes": [ORT, OV]})
         variants.append({"model": model_name, "variant": "openvino-fp32", "file": sources["openvino"], "runtimes": [OV]})
         for method in methods:
-            quantizer = QUANTIZERS[method]
+            quantizer = QUANTIZERS.get(method)
             folder = workload.work / model_name / method
             start = time.perf_counter()
             try:

@@ -38,21 +38,21 @@ TORCH = "torch:cpu"
 
 def load_run(run: Path):
     from edgetl.recipe import load_recipe
-    from edgetl.text.pipeline import TextRunContext
+    from edgetl.pipeline import RunContext
 
     recipe = load_recipe(run / "recipe.toml")
-    if recipe.model.kind != "text":
-        raise SystemExit(f"{run} is not a text run (model.kind = {recipe.model.kind!r})")
+    if recipe.model.task != "text-classification":
+        raise SystemExit(f"{run} is not a text run (model.task = {recipe.model.task!r})")
     recipe.run.output_dir, recipe.run.name = str(run.parent), run.name
-    return TextRunContext(recipe, progress=False, log=lambda m: None)
+    return RunContext(recipe, progress=False, log=lambda m: None)
 
 
 def artifact_rows(ctx) -> list[dict[str, Any]]:
     """Every made artifact with its recorded validation (the shared check; run now when missing) and size."""
-    from edgetl.pipeline import _made, validate_artifact
+    from edgetl.pipeline import made, validate_artifact
 
     rows = []
-    for artifact in _made(ctx):
+    for artifact in made(ctx):
         record = ctx.artifact_dir(artifact) / "validation.json"
         report = read_json(record)["report"] if record.is_file() else validate_artifact(ctx, artifact)
         if artifact.format == "torch":
@@ -66,7 +66,7 @@ def artifact_rows(ctx) -> list[dict[str, Any]]:
 
 def time_all(ctx, rows: list[dict[str, Any]], *, threads: int, batch_sizes: list[int], lengths: dict[str, int],
              rounds: int, log=print) -> list[dict[str, Any]]:
-    from edgetl.text.pipeline import bench_inputs
+    from edgetl.tasks.text_export import bench_inputs
 
     runners = {row["name"]: ctx.open(row["artifact"], threads)[0] for row in rows}
     preprocess = {key: ctx.preprocess_of(key) for key in {row["model"] for row in rows}}
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.run} has no summary.json; run `edgetl run banking77` first (or pass --run)")
 
     from edgetl.bench import environment
-    from edgetl.text.batching import clipped_lengths
+    from edgetl.data.text_batches import clipped_lengths
 
     started = time.time()
     rounds = args.rounds or (3 if args.quick else 15)
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     rows = artifact_rows(ctx)
     timings = time_all(ctx, rows, threads=args.threads, batch_sizes=batch_sizes, lengths=lengths, rounds=rounds)
-    finetuned = read_json(ctx.finetune_dir / "result.json")
-    distilled = read_json(ctx.distill_dir / "result.json") if (ctx.distill_dir / "result.json").is_file() else {}
+    finetuned = read_json(ctx.model_dir("teacher") / "result.json")
+    distilled = read_json(ctx.model_dir("student") / "result.json") if (ctx.model_dir("student") / "result.json").is_file() else {}
     result = {
         "environment": environment(),
         "settings": {"threads": args.threads, "rounds": rounds, "batch_sizes": batch_sizes, "lengths": lengths,

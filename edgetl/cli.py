@@ -45,13 +45,12 @@ def main() -> None:
 
 
 def _context(recipe: Path | None, overrides: list[str] | None, quiet: bool):
-    """(the stage module for the recipe's model kind, its RunContext): image and text recipes alike."""
-    from .pipeline import stages_for
+    """(the pipeline's stages, the recipe's RunContext): every task runs the same stages."""
+    from . import pipeline
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides)
-    stages = stages_for(loaded)
-    return stages, stages.Context(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
+    return pipeline, pipeline.RunContext(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
 
 
 # What the run table shows; summary.json keeps every column (runtime, p99, spread, teacher agreement, ...).
@@ -189,7 +188,7 @@ def bench(
         out.print(note, highlight=False, soft_wrap=True)
     if json_out is not None:
         out.print(f"results: {json_out}")
-    if not report.ok:
+    if not report.ok or not report.measured:  # a failed target, a failed check, or nothing timed anywhere
         raise typer.Exit(1)
 
 
@@ -290,16 +289,18 @@ def predict(
 
 @app.command()
 def backbones() -> None:
-    """List the registered backbones and where their weights come from."""
+    """List the registered image and text backbones, their input and where their weights come from."""
     from rich.table import Table
 
     from .backbones import list_backbones
 
-    table = Table("input", "weights", "licence", "description")
+    table = Table("kind", "input", "params", "weights", "licence", "description")
     table.add_column("name", no_wrap=True)
     table.columns.insert(0, table.columns.pop())
     for spec in list_backbones():
-        table.add_row(spec.name, f"{spec.default_image_size}px", spec.package or "-", spec.license, spec.description)
+        params = f"{spec.num_params / 1e6:.1f}M" if spec.num_params else "-"
+        table.add_row(spec.name, spec.kind, spec.input_summary, params, spec.requirement or "-", spec.license,
+                      spec.description)  # fmt: skip
     out.print(table)
 
 

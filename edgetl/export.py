@@ -1,4 +1,5 @@
-"""Export a fine-tuned torch model to ONNX and OpenVINO IR, with labels and preprocessing embedded.
+"""Export formats (``FORMATS``) and the torch.onnx / OpenVINO exporters of image models, with labels and
+preprocessing embedded. Text models are exported with Optimum (``edgetl.tasks.text_export``).
 
 >>> onnx_info = export_onnx(model, "out/model.onnx", input_shape=(3, 64, 64), opset=17)
 >>> ov_info = export_openvino("out/model.onnx", "out/openvino/model.xml")
@@ -15,6 +16,23 @@ from typing import Any
 
 from ._io import atomic_path
 from .errors import BackendUnavailable, ExportError
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Format:
+    """One FP32 export format: the artifact it makes, its main file and the runtime that runs it."""
+
+    name: str  # as in export.formats / ship.formats
+    variant: str  # the artifact name, e.g. "onnx-fp32"
+    runtime: str
+    file: str  # the main model file inside the artifact folder
+
+
+# Export formats, keyed by the names used in recipe.export.formats; each task exports a model to each of them.
+FORMATS: Registry[Format] = Registry("export format", key="export.formats")
+FORMATS.register("onnx", Format("onnx", "onnx-fp32", "onnxruntime:CPUExecutionProvider", "model.onnx"))
+FORMATS.register("openvino", Format("openvino", "openvino-fp32", "openvino:CPU", "model.xml"))
 
 
 @dataclass

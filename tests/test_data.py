@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import needs_fashion_mnist
 from edgetl.data.dataset import LabeledImages, split_stratified
-from edgetl.data.preprocess import Preprocess
+from edgetl.preprocess import ImagePreprocess
 from edgetl.data.sources import folder_splits, read_idx, scan_image_folder
 from edgetl.errors import DataError
 from edgetl.recipe import DataConfig
@@ -34,11 +34,11 @@ def test_truncated_idx_is_named(tmp_path):
 
 
 def test_preprocess_normalises_grayscale_to_three_channels():
-    pre = Preprocess(image_size=8, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    pre = ImagePreprocess(image_size=8, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
     batch = pre([np.full((28, 28), 255, dtype=np.uint8), np.zeros((28, 28), dtype=np.uint8)])
     assert batch.shape == (2, 3, 8, 8) and batch.dtype == np.float32
     assert np.allclose(batch[0], 1.0) and np.allclose(batch[1], -1.0)
-    assert Preprocess.from_dict(pre.to_dict()) == pre
+    assert ImagePreprocess.from_dict(pre.to_dict()) == pre
 
 
 def test_split_is_stratified_and_deterministic():

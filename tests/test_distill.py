@@ -10,10 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgetl import distill as kd
-from edgetl import finetune as ft
+import edgetl.train.distill as kd
+import edgetl.train.finetune as ft
+from edgetl.tasks.image import load_checkpoint
+from edgetl.tasks.image_train import augment, evaluate
+from edgetl.train.loop import CHECKPOINT_FILE, META_FILE, METRICS_FILE, RESULT_FILE, STATE_FILE
 from edgetl.backbones import copy_matching_weights, create_model
-from edgetl.data.preprocess import Preprocess
+from edgetl.preprocess import ImagePreprocess
 from edgetl.errors import RecipeError
 from edgetl.recipe import load_recipe
 from test_finetune import TINY, tiny_splits
@@ -30,7 +33,7 @@ def recipe(*overrides: str):
 def teacher(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("teacher")
     ft.finetune(load_recipe(None, [*TINY, "finetune.threads=1"]), tiny_splits(), out_dir, progress=False)
-    return ft.load_checkpoint(out_dir)[0]
+    return load_checkpoint(out_dir)[0]
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +104,15 @@ def test_distill_writes_a_loadable_student_and_the_ablation(finished):
         assert (out_dir / name).is_file(), name
         if name != "result.json":
             assert (out_dir / kd.BASELINE_DIR / name).is_file(), name
-    student, meta = ft.load_checkpoint(out_dir)
-    baseline, baseline_meta = ft.load_checkpoint(out_dir / kd.BASELINE_DIR)
+    student, meta = load_checkpoint(out_dir)
+    baseline, baseline_meta = load_checkpoint(out_dir / kd.BASELINE_DIR)
     assert meta["backbone"] == baseline_meta["backbone"] == "tiny_convnet"
     assert meta["classes"] == ["horizontal", "vertical", "diagonal"]
     assert (meta["alpha"], baseline_meta["alpha"]) == (0.7, 0)
-    preprocess = Preprocess(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    preprocess = ImagePreprocess(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     test = tiny_splits().test
-    assert ft.evaluate(student, test, preprocess) == pytest.approx(result.student_test_accuracy)
-    assert ft.evaluate(baseline, test, preprocess) == pytest.approx(result.baseline_test_accuracy)
+    assert evaluate(student, test, preprocess) == pytest.approx(result.student_test_accuracy)
+    assert evaluate(baseline, test, preprocess) == pytest.approx(result.baseline_test_accuracy)
     assert not torch.equal(student.fc.weight, baseline.fc.weight)  # the teacher changed what the student learnt
 
     saved = json.loads((out_dir / "result.json").read_text())

@@ -93,6 +93,7 @@ def test_rerun_skips_finished_stages(finished_run):
 @pytest.mark.parametrize("ptq_passes", [True, False], ids=["ptq-passes", "ptq-fails"])
 def test_qat_runs_only_when_post_training_int8_misses_the_gate(finished_run, monkeypatch, ptq_passes):
     from edgetl import pipeline
+    from edgetl.pipeline import stages
     from edgetl.recipe import load_recipe
 
     root, _, _ = finished_run
@@ -103,7 +104,7 @@ def test_qat_runs_only_when_post_training_int8_misses_the_gate(finished_run, mon
     ctx = pipeline.RunContext(recipe, progress=False, log=lambda _: None)
     real = pipeline.validate_artifact
     # The verdict on the post-training variant is what decides; force it both ways.
-    monkeypatch.setattr(pipeline, "validate_artifact", lambda ctx, a: {**real(ctx, a), "passed": ptq_passes})
+    monkeypatch.setattr(stages, "validate_artifact", lambda ctx, a: {**real(ctx, a), "passed": ptq_passes})
     made = pipeline.qat_stage(ctx)
     assert list(made) == ["openvino-int8-qat"]
     folder = root / "runs/e2e/artifacts/openvino-int8-qat"

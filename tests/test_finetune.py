@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgetl import finetune as ft
+import edgetl.train.finetune as ft
+from edgetl.tasks.image import load_checkpoint
+from edgetl.tasks.image_train import augment, evaluate
+from edgetl.train.loop import CHECKPOINT_FILE, META_FILE, METRICS_FILE, RESULT_FILE, STATE_FILE
 from edgetl.backbones import create_model
 from edgetl.data.dataset import LabeledImages, Splits
-from edgetl.data.preprocess import Preprocess
+from edgetl.preprocess import ImagePreprocess
 from edgetl.errors import DataError, EdgetlError, RecipeError, WeightsError
 from edgetl.recipe import load_recipe
 
@@ -60,7 +63,7 @@ def finished(tmp_path_factory):
 def counted(monkeypatch):
     """Counts the probes and the training epochs (probe epochs included) that actually run."""
     calls = {"probe": 0, "epochs": 0}
-    probe, train_epoch = ft._Trainer._probe, ft._train_epoch
+    probe, train_epoch = ft._Trainer._probe, ft.train_epoch
 
     def counting_probe(self):
         calls["probe"] += 1
@@ -71,7 +74,7 @@ def counted(monkeypatch):
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(ft._Trainer, "_probe", counting_probe)
-    monkeypatch.setattr(ft, "_train_epoch", counting_epoch)
+    monkeypatch.setattr(ft, "train_epoch", counting_epoch)
     return calls
 
 
@@ -90,19 +93,19 @@ def test_finetune_learns_beyond_the_probe_and_chance(finished):
 
 def test_files_and_one_metrics_entry_per_epoch(finished):
     out_dir, result = finished
-    for name in (ft.CHECKPOINT_FILE, ft.META_FILE, ft.METRICS_FILE, ft.STATE_FILE, ft.RESULT_FILE):
+    for name in (CHECKPOINT_FILE, META_FILE, METRICS_FILE, STATE_FILE, RESULT_FILE):
         assert (out_dir / name).is_file(), name
-    metrics = json.loads((out_dir / ft.METRICS_FILE).read_text())
+    metrics = json.loads((out_dir / METRICS_FILE).read_text())
     assert len(metrics) == 5 + EPOCHS and metrics == result.history
     assert [m["stage"] for m in metrics] == ["probe"] * 5 + ["stage0"] * 2 + ["stage1"] * 3
     assert {"stage", "epoch", "train_loss", "train_accuracy", "val_accuracy", "lr", "seconds"} <= set(metrics[-1])
-    meta = json.loads((out_dir / ft.META_FILE).read_text())
+    meta = json.loads((out_dir / META_FILE).read_text())
     assert meta["classes"] == ["horizontal", "vertical", "diagonal"] and meta["num_classes"] == 3
     assert (meta["stage"], meta["epoch"], meta["val_accuracy"]) == (result.best_stage, result.best_epoch,
                                                                     result.val_accuracy)
     first_best = max(metrics, key=lambda m: m["val_accuracy"])  # max() keeps the earliest of equals
     assert (meta["stage"], meta["epoch"]) == (first_best["stage"], first_best["epoch"])
-    assert json.loads((out_dir / ft.RESULT_FILE).read_text())["test_accuracy"] == result.test_accuracy
+    assert json.loads((out_dir / RESULT_FILE).read_text())["test_accuracy"] == result.test_accuracy
 
 
 def test_same_recipe_returns_the_finished_result_without_training(finished, counted):
@@ -119,7 +122,7 @@ def test_changed_recipe_starts_over(finished, tmp_path, counted):
 
 def test_without_result_json_resumes_from_the_recorded_epoch(finished, tmp_path, counted):
     out_dir = _copy(finished, tmp_path)
-    (out_dir / ft.RESULT_FILE).unlink()
+    (out_dir / RESULT_FILE).unlink()
     result = ft.finetune(recipe(), tiny_splits(), out_dir, progress=False)
     assert counted == {"probe": 0, "epochs": 0}
     assert result.history == finished[1].history and result.test_accuracy == finished[1].test_accuracy
@@ -137,8 +140,8 @@ def test_interrupted_run_resumes_after_its_last_completed_epoch(finished, tmp_pa
     monkeypatch.setattr(ft._Trainer, "_save_state", interrupt_after_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(recipe(), tiny_splits(), out_dir, progress=False)
-    interrupted = json.loads((out_dir / ft.METRICS_FILE).read_text())
-    assert len(interrupted) == 5 + 3 and not (out_dir / ft.RESULT_FILE).exists()
+    interrupted = json.loads((out_dir / METRICS_FILE).read_text())
+    assert len(interrupted) == 5 + 3 and not (out_dir / RESULT_FILE).exists()
 
     monkeypatch.setattr(ft._Trainer, "_save_state", save_state)
     counted.update(probe=0, epochs=0)
@@ -164,14 +167,14 @@ def test_probe_and_stages_leave_frozen_weights_untouched(tmp_path, pretrained, l
     weights = f"model.weights='{tmp_path / 'init.safetensors'}'" if pretrained else "model.weights='none'"
     ft.finetune(recipe(weights, "finetune.unfreeze=[]", "finetune.stage_epochs=[]"), tiny_splits(),
                 tmp_path / "probe", progress=False)
-    probed = ft.load_checkpoint(tmp_path / "probe")[0].state_dict()
+    probed = load_checkpoint(tmp_path / "probe")[0].state_dict()
     if pretrained:  # the probe changed the head only, BatchNorm statistics included (eval mode)
         initial = load_file(str(tmp_path / "init.safetensors"))
         assert {k for k, v in probed.items() if not torch.equal(v, initial[k])} == {"fc.weight", "fc.bias"}
 
     ft.finetune(recipe(weights, "finetune.unfreeze=[1]", "finetune.stage_epochs=[2]"), tiny_splits(),
                 tmp_path / "stage", progress=False)
-    last = torch.load(tmp_path / "stage" / ft.STATE_FILE, weights_only=True)["model"]
+    last = torch.load(tmp_path / "stage" / STATE_FILE, weights_only=True)["model"]
     # Same seed, same start: only the head and the one unfrozen group (output side) moved. Pre-trained
     # BatchNorm keeps its statistics; a randomly initialised one learns them.
     assert {k for k, v in last.items() if not torch.equal(v, probed[k])} == TRAINED | learned_statistics
@@ -179,26 +182,26 @@ def test_probe_and_stages_leave_frozen_weights_untouched(tmp_path, pretrained, l
 
 def test_load_checkpoint_round_trips_the_model(finished):
     out_dir, result = finished
-    model, meta = ft.load_checkpoint(out_dir)
-    same, _ = ft.load_checkpoint(out_dir / ft.CHECKPOINT_FILE)
+    model, meta = load_checkpoint(out_dir)
+    same, _ = load_checkpoint(out_dir / CHECKPOINT_FILE)
     assert not model.training and meta["backbone"] == "tiny_convnet"
     test = tiny_splits().test
-    preprocess = Preprocess(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    preprocess = ImagePreprocess(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     batch = torch.from_numpy(preprocess.normalize(test.images))
     with torch.no_grad():
         assert torch.equal(model(batch), same(batch))
-    assert ft.evaluate(model, test, preprocess, batch_size=7) == pytest.approx(result.test_accuracy)
+    assert evaluate(model, test, preprocess, batch_size=7) == pytest.approx(result.test_accuracy)
 
 
 def test_load_checkpoint_without_a_run_says_what_to_do(tmp_path):
     with pytest.raises(WeightsError, match="run `edgetl finetune` first"):
-        ft.load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path)
 
 
 def test_evaluate_restores_training_mode(tiny_model):
     tiny_model.train()
     data = stripes(4, seed=3)
-    accuracy = ft.evaluate(tiny_model, data, Preprocess(image_size=32), batch_size=5)
+    accuracy = evaluate(tiny_model, data, ImagePreprocess(image_size=32), batch_size=5)
     assert 0 <= accuracy <= 100 and tiny_model.training
 
 
@@ -229,8 +232,8 @@ def test_bad_recipe_says_what_to_fix(tmp_path, override, words):
 
 def test_augment_flips_and_shifts_within_bounds():
     batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    flipped = ft._augment(batch, max_shift=0)
+    flipped = augment(batch, max_shift=0)
     for image, out in zip(batch, flipped):
         assert torch.equal(out, image) or torch.equal(out, image.flip(2))
-    shifted = ft._augment(batch, max_shift=1)
+    shifted = augment(batch, max_shift=1)
     assert shifted.shape == batch.shape and not torch.equal(shifted, batch)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgetl.data.dataset import Splits
-from edgetl.data.preprocess import Preprocess
+from edgetl.preprocess import ImagePreprocess
 from edgetl.errors import CalibrationError, QuantizationError, QuantizationSkipped
 from edgetl.quantize import QUANTIZERS, ValidationSet, calibration_images, quantize_file
 from edgetl.recipe import QuantizeConfig
@@ -14,7 +14,7 @@ from edgetl.runners import open_runner
 
 from conftest import pattern_images
 
-PREPROCESS = Preprocess(image_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+PREPROCESS = ImagePreprocess(image_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 CONFIG = QuantizeConfig(calibration_size=48, min_calibration_size=8, validation_size=60)
 
 
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("method", sorted(QUANTIZERS))
 def test_quantizer_makes_a_runnable_artifact_that_agrees(method, trained, tmp_path):
-    quantizer = QUANTIZERS[method]
+    quantizer = QUANTIZERS.get(method)
     calibration = calibration_images(trained["train"], PREPROCESS, CONFIG.calibration_size)
     info = quantize_file(trained[quantizer.source], method, tmp_path, calibration=calibration,
                          validation=ValidationSet(trained["test"], PREPROCESS), config=CONFIG)
@@ -154,7 +154,7 @@ def test_too_small_calibration_set_names_the_minimum(trained, tmp_path):
 
 
 def test_wrong_shape_calibration_set_names_both_shapes(trained, tmp_path):
-    wrong = Preprocess(image_size=28, channels=3).normalize(np.zeros((10, 28, 28, 3), np.uint8))
+    wrong = ImagePreprocess(image_size=28, channels=3).normalize(np.zeros((10, 28, 28, 3), np.uint8))
     with pytest.raises(CalibrationError, match=r"shape \(10, 3, 28, 28\) but model.xml expects \(N, 3, 32, 32\)"):
         quantize_file(trained["openvino"], "openvino-int8", tmp_path, calibration=wrong, config=CONFIG)
     with pytest.raises(CalibrationError, match="uint8"):

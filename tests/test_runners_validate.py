@@ -94,3 +94,35 @@ def test_export_embeds_metadata(tmp_path, tiny_model):
     info = export_onnx(tiny_model, tmp_path / "m.onnx", input_shape=(3, 32, 32), opset=17, metadata={"labels": ["a"]})
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert props["labels"] == '["a"]' and info.opset == 17
+
+
+def test_a_gpu_provider_that_falls_back_to_the_cpu_is_refused(tiny_exports, monkeypatch):
+    """onnxruntime only warns when CUDA cannot start and runs on the CPU; a "CUDA" latency measured there would be
+    a lie, so the runner (the host's and, shipped as backends.py, the device agent's) refuses it."""
+    import onnxruntime
+
+    from edgetl.errors import BackendUnavailable
+    from edgetl.runners import backends
+
+    real_session = onnxruntime.InferenceSession
+
+    def falling_back(model, options, providers):  # what a CUDA session without working CUDA libraries does
+        assert providers == ["CUDAExecutionProvider"]
+        return real_session(model, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(backends, "cuda_device_present", lambda: True)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", falling_back)
+    refused = "not available: CUDAExecutionProvider requested but onnxruntime fell back to CPUExecutionProvider"
+    with pytest.raises(BackendUnavailable, match=refused + ": install onnxruntime-gpu") as caught:
+        open_runner(tiny_exports["onnxruntime:CPUExecutionProvider"], "onnxruntime:CUDAExecutionProvider")
+    assert "\n" not in str(caught.value)
+
+
+def test_runtimes_registry_names_the_backends():
+    from edgetl.runners import RUNTIMES, OrtRunner
+
+    assert RUNTIMES.names() == ["onnxruntime", "openvino", "torch"] and RUNTIMES.get("onnxruntime") is OrtRunner
+    with pytest.raises(EdgetlError, match=r"targets.runtimes: unknown runtime 'tensorflow'.*onnxruntime, openvino"):
+        RUNTIMES.get("tensorflow", key="targets.runtimes")

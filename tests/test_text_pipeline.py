@@ -43,7 +43,7 @@ def intent_rows(per_class: int = 40, seed: int = 0) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """{"root", "base": tiny BERT folder, "data": a JSONL intent file} shared by the module."""
-    from edgetl.text.backbones import build_tiny_bert
+    from edgetl.backbones.bert import build_tiny_bert
 
     root = tmp_path_factory.mktemp("textpipe")
     base = build_tiny_bert(root / "base", num_labels=3)
@@ -54,7 +54,7 @@ def tiny(tmp_path_factory):
 
 def tiny_recipe(tiny, tmp_path, *extra: str):
     return load_recipe(None, [
-        f'run.output_dir="{tmp_path}/runs"', 'run.name="tiny"', 'model.kind="text"', f'model.backbone="{tiny["base"]}"',
+        f'run.output_dir="{tmp_path}/runs"', 'run.name="tiny"', 'model.task="text-classification"', f'model.backbone="{tiny["base"]}"',
         'data.source="text-file"', f'data.path="{tiny["data"]}"', 'data.text_column="utterance"',
         'data.label_column="intent"', "data.train_per_class=0", "data.val_per_class=0", "data.test_per_class=0",
         "finetune.probe_epochs=30", "finetune.probe_lr=0.1", "finetune.unfreeze=[3]", "finetune.stage_epochs=[2]",
@@ -70,18 +70,18 @@ def tiny_recipe(tiny, tmp_path, *extra: str):
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     """A tiny teacher fine-tuned and distilled once: {"ctx", "finetune", "distill", "recipe"}."""
-    from edgetl.text.pipeline import TextRunContext, distill_stage, finetune_stage
+    from edgetl.pipeline import RunContext, distill_stage, finetune_stage
 
     tmp = tmp_path_factory.mktemp("trained")
     recipe = tiny_recipe(tiny, tmp)
-    ctx = TextRunContext(recipe, progress=False, log=lambda m: None)
+    ctx = RunContext(recipe, progress=False, log=lambda m: None)
     return {"ctx": ctx, "recipe": recipe, "finetune": finetune_stage(ctx), "distill": distill_stage(ctx)}
 
 
 @pytest.fixture(scope="module")
 def exported(trained):
     """The tiny teacher's FP32 ONNX and OpenVINO exports: {"onnx": path, "openvino": path}."""
-    from edgetl.text.pipeline import export_stage
+    from edgetl.pipeline import export_stage
 
     ctx = trained["ctx"]
     export_stage(ctx)
@@ -93,7 +93,7 @@ def exported(trained):
 
 
 def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
-    from edgetl.text.batching import bucketed_order
+    from edgetl.data.text_batches import bucketed_order
 
     lengths = np.random.default_rng(0).integers(3, 60, 1000)
     rng = np.random.default_rng(1)
@@ -110,10 +110,11 @@ def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
 
 
 def test_finetune_probe_then_top_layers_records_and_resumes(trained):
-    from edgetl.text.finetune import finetune_text, load_text_checkpoint
+    from edgetl.tasks.text_train import load_text_checkpoint
+    from edgetl.train.finetune import finetune as finetune_text
 
     ctx, result = trained["ctx"], trained["finetune"]
-    folder = ctx.finetune_dir
+    folder = ctx.model_dir("teacher")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [m["stage"] for m in metrics] == ["probe"] * 30 + ["stage0"] * 2 and metrics[-1]["groups"] == 3
     assert result.probe_test_accuracy > 50 and result.test_accuracy > 50  # 3 classes: chance is 33%
@@ -130,23 +131,23 @@ def test_finetune_probe_then_top_layers_records_and_resumes(trained):
 
 
 def test_distillation_keeps_every_other_layer_uses_shared_kd_loss_and_runs_the_ablation(trained, monkeypatch):
-    from edgetl.distill import kd_loss
-    from edgetl.text import distill as text_distill
-    from edgetl.text.finetune import load_text_checkpoint
+    import edgetl.train.distill as trainer
+    from edgetl.tasks.text_train import load_text_checkpoint
+    from edgetl.train.loop import kd_loss
 
-    assert text_distill.kd_loss is kd_loss  # the image students' loss, not a copy
+    assert trainer.kd_loss is kd_loss  # one loss for every task's students
     ctx, result = trained["ctx"], trained["distill"]
-    student, meta = load_text_checkpoint(ctx.distill_dir)
+    student, meta = load_text_checkpoint(ctx.model_dir("student"))
     assert student.config.num_hidden_layers == 1 and meta["student_layers"] == [0]  # 2-layer teacher: layer 0
-    assert result.baseline_test_accuracy is not None and (ctx.distill_dir / "baseline" / "model").is_dir()
+    assert result.baseline_test_accuracy is not None and (ctx.model_dir("student") / "baseline" / "model").is_dir()
     assert [h["stage"] for h in result.history] == ["distill"] * 2
-    assert json.loads((ctx.distill_dir / "baseline" / "metrics.json").read_text())[0]["stage"] == "baseline"
+    assert json.loads((ctx.model_dir("student") / "baseline" / "metrics.json").read_text())[0]["stage"] == "baseline"
     assert result.student_params < result.teacher_params and result.copied_from_teacher > 0
 
 
 def test_student_layers_and_text_recipe_errors(tiny, tmp_path):
-    from edgetl.text.distill import student_layers
-    from edgetl.text.pipeline import TextRunContext, finetune_stage
+    from edgetl.pipeline import RunContext, finetune_stage
+    from edgetl.tasks.text import student_layers
 
     recipe = tiny_recipe(tiny, tmp_path)
     assert student_layers(recipe, 6) == [0, 2, 4]
@@ -160,16 +161,16 @@ def test_student_layers_and_text_recipe_errors(tiny, tmp_path):
     ]
     for override, error, message in cases:
         with pytest.raises(error, match=message):
-            finetune_stage(TextRunContext(tiny_recipe(tiny, tmp_path, override), progress=False, log=lambda m: None))
+            finetune_stage(RunContext(tiny_recipe(tiny, tmp_path, override), progress=False, log=lambda m: None))
     empty = tmp_path / "empty_label.csv"
     empty.write_text("utterance,intent\ncard lost,card_lost\nrefund please,\n")
     with pytest.raises(DataError, match="line 3: empty label"):
-        finetune_stage(TextRunContext(tiny_recipe(tiny, tmp_path, f'data.path="{empty}"'), progress=False))
+        finetune_stage(RunContext(tiny_recipe(tiny, tmp_path, f'data.path="{empty}"'), progress=False))
 
 
 def test_banking77_recipe_loads_by_name():
     recipe = load_recipe("banking77")
-    assert recipe.model.kind == "text" and recipe.data.source == "banking77" and recipe.finetune.unfreeze == [3]
+    assert recipe.model.task == "text-classification" and recipe.data.source == "banking77" and recipe.finetune.unfreeze == [3]
     with pytest.raises(RecipeError, match="built-in recipe name"):
         load_recipe("no-such-recipe")
 
@@ -180,14 +181,14 @@ def test_banking77_recipe_loads_by_name():
 @pytest.mark.parametrize("method", ["onnx-int8-dynamic", "onnx-int8-static", "onnx-fp16", "openvino-int8",
                                     "openvino-fp16", "openvino-int8-acc"])  # fmt: skip
 def test_every_quantizer_takes_text_models_and_token_calibration(trained, exported, tmp_path, method):
-    from edgetl.quantize import QUANTIZERS, ValidationSet, calibration_texts, quantize_file
+    from edgetl.quantize import QUANTIZERS, ValidationSet, calibration_batches, quantize_file
     from edgetl.recipe import QuantizeConfig
     from edgetl.runners import open_runner
 
     ctx = trained["ctx"]
-    quantizer = QUANTIZERS[method]
+    quantizer = QUANTIZERS.get(method)
     preprocess = ctx.preprocess_of("teacher")
-    calibration = calibration_texts(ctx.splits.train, preprocess, 24, batch_size=8)
+    calibration = calibration_batches(ctx.splits.train, preprocess, 24, batch_size=8)
     assert len(calibration) == 3 and all(set(b) == {"input_ids", "attention_mask", "token_type_ids"} for b in calibration)
     config = QuantizeConfig(min_calibration_size=8, accuracy_control_max_iterations=2, validation_size=20)
     info = quantize_file(exported[quantizer.source], method, tmp_path / method, config=config,
@@ -205,11 +206,11 @@ def test_every_quantizer_takes_text_models_and_token_calibration(trained, export
 
 
 def test_token_calibration_errors(trained, exported, tmp_path):
-    from edgetl.quantize import calibration_texts, quantize_file
+    from edgetl.quantize import calibration_batches, quantize_file
     from edgetl.recipe import QuantizeConfig
 
     preprocess = trained["ctx"].preprocess_of("teacher")
-    batches = calibration_texts(trained["ctx"].splits.train, preprocess, 8)
+    batches = calibration_batches(trained["ctx"].splits.train, preprocess, 8)
     with pytest.raises(CalibrationError, match="fewer than the 16 required"):
         quantize_file(exported["onnx"], "onnx-int8-static", tmp_path / "a", calibration=batches, config=QuantizeConfig())
     no_mask = [{"input_ids": b["input_ids"]} for b in batches]
@@ -224,12 +225,13 @@ def test_token_calibration_errors(trained, exported, tmp_path):
 @pytest.fixture(scope="module")
 def shipped(tiny, tmp_path_factory):
     """run_text on the tiny model, distillation off: {"summary", "bundle", "ctx"}."""
-    from edgetl.text.pipeline import TextRunContext, run_text
+    from edgetl.pipeline import RunContext
+    from edgetl.pipeline import run as run_text
 
     tmp = tmp_path_factory.mktemp("shipped")
     recipe = tiny_recipe(tiny, tmp, "distill.enabled=false", "ship.validation_slice=12")
     summary = run_text(recipe, progress=False, log=lambda m: None)
-    return {"summary": summary, "bundle": Path(summary["bundle"]), "ctx": TextRunContext(recipe, progress=False)}
+    return {"summary": summary, "bundle": Path(summary["bundle"]), "ctx": RunContext(recipe, progress=False)}
 
 
 def test_run_text_contract_validation_bench_and_bundle(shipped):
@@ -278,7 +280,7 @@ def test_predict_texts_on_each_runtime_matches_torch(shipped, runtime):
     ctx = shipped["ctx"]
     texts = ["my card was stolen", "Where is my REFUND?", "how do i top up"]
     with load_bundle(shipped["bundle"], runtime=runtime) as model:
-        assert model.is_text and model.runner.name == runtime
+        assert model.kind == "text" and model.runner.name == runtime
         predictions = model.predict(texts, top_k=2)
         logits = model.predict_logits(texts)
     expected = open_runner(ctx.model("teacher")[0], "torch:cpu").predict(ctx.preprocess_of("teacher").encode(texts))
@@ -337,7 +339,7 @@ assert not heavy, heavy
 
 def _banking77_and_minilm_or_skip():
     from edgetl.data.text import banking77_files
-    from edgetl.text.backbones import resolve_model_dir
+    from edgetl.backbones.bert import resolve_model_dir
 
     try:
         banking77_files()
@@ -350,7 +352,7 @@ def test_banking77_slice_end_to_end(tmp_path):
     """The banking77 recipe on 3 training texts per intent: fine-tune, distill, export, quantize, ship, predict."""
     _banking77_and_minilm_or_skip()
     from edgetl.predict import load_bundle
-    from edgetl.text.pipeline import run_text
+    from edgetl.pipeline import run as run_text
 
     recipe = load_recipe("banking77", [
         f'run.output_dir="{tmp_path}/runs"', f'ship.output_dir="{tmp_path}/models"', "data.train_per_class=3",

@@ -1,6 +1,9 @@
-"""Labelled datasets: Fashion-MNIST (IDX files), image folders, deterministic splits, preprocessing."""
+"""Labelled datasets and their sources: Fashion-MNIST (IDX files), image folders, text files and banking77;
+deterministic splits. ``SOURCES`` (``data.source`` names) is complete once this package is imported."""
 
+from . import sources, text  # noqa: F401  (each registers its sources)
 from .dataset import LabeledImages, Splits, load_splits
-from .preprocess import Preprocess
+from .registry import SOURCES
+from .text import LabeledTexts
 
-__all__ = ["LabeledImages", "Splits", "Preprocess", "load_splits"]
+__all__ = ["SOURCES", "LabeledImages", "LabeledTexts", "Splits", "load_splits"]

@@ -78,8 +78,8 @@ def split_stratified(data: LabeledImages, fraction: float, seed: int) -> tuple[L
     return data.subset(np.sort(np.concatenate(kept))), data.subset(np.sort(np.concatenate(held)))
 
 
-def load_splits(config, preprocess) -> Splits:
-    """Load the recipe's data source, resized by ``preprocess``, and split it deterministically."""
-    from .sources import get_source
+def load_splits(config, preprocess=None) -> Splits:
+    """Load the recipe's data source (images resized by ``preprocess``) and split it deterministically."""
+    from . import SOURCES
 
-    return get_source(config.source)(config, preprocess)
+    return SOURCES.get(config.source)(config, preprocess)

@@ -1,40 +1,22 @@
-"""Data sources, registered by name: ``fashion-mnist`` (IDX files), ``folder`` (one sub-folder per class),
-``banking77`` and ``text-file`` (CSV/TSV/JSONL; see text.py)."""
+"""Image data sources, registered by name: ``fashion-mnist`` (IDX files) and ``folder`` (one sub-folder per
+class). The text sources are in ``text.py``."""
 
 from __future__ import annotations
 
 import gzip
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import DataError, RecipeError
 from .dataset import LabeledImages, Splits, split_stratified, stratified_indices
+from .registry import SOURCES
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-_SOURCES: dict[str, Callable] = {}
-
-
-def register_source(name: str):
-    def wrap(fn):
-        _SOURCES[name] = fn
-        return fn
-
-    return wrap
-
-
-def get_source(name: str) -> Callable:
-    try:
-        return _SOURCES[name]
-    except KeyError:
-        raise RecipeError(f"data.source: unknown source {name!r}; choose one of {sorted(_SOURCES)}") from None
-
 
 # -- Fashion-MNIST ------------------------------------------------------------------------
 
@@ -91,7 +73,7 @@ def read_fashion_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray
     return images, labels.astype(np.int64)
 
 
-@register_source("fashion-mnist")
+@SOURCES.register("fashion-mnist")
 def fashion_mnist_splits(config, preprocess) -> Splits:
     """Train/val from the official training set (stratified subset), test from the official test set."""
     folder = find_fashion_mnist(config.path or None)
@@ -136,7 +118,7 @@ def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-@register_source("folder")
+@SOURCES.register("folder")
 def folder_splits(config, preprocess) -> Splits:
     """One sub-folder per class; val and test split off deterministically (or read from train/val/test)."""
     if not config.path:
@@ -161,6 +143,3 @@ def _load_folder(root: Path, preprocess, expected_classes: list[str] | None = No
         raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}")
     return LabeledImages(np.stack([preprocess.resize(path) for path in files]), labels, classes)
 
-
-# Text sources ("banking77", "text-file") register themselves; imported last because they use register_source.
-from . import text as _text  # noqa: E402,F401

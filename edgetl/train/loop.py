@@ -1,5 +1,5 @@
-"""Training pieces that fine-tuning and distillation share: batches, one epoch, evaluation,
-checkpoints in the one format ``edgetl.finetune.load_checkpoint`` reads, RNG state, progress bar."""
+"""The pieces every training run shares, whatever the task: one epoch of steps, the distillation loss,
+RNG state for resuming, weight hashes, the progress bar, and the file names of a training folder."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_path, write_json
-from .data.dataset import LabeledImages, Splits
-from .data.preprocess import Preprocess
-from .errors import DataError
+from .._io import atomic_path, write_json
 
 CHECKPOINT_FILE = "best.safetensors"
 META_FILE = "checkpoint.json"
@@ -25,13 +22,6 @@ RESULT_FILE = "result.json"
 
 # One optimisation step's loss and logits from a batch's inputs, labels and any extra tensors.
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-def batches(images: LabeledImages, preprocess: Preprocess, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised NCHW (channels-last in memory) batches and their labels, in order."""
-    for start in range(0, len(images), size):
-        batch = torch.from_numpy(preprocess.normalize(images.images[start : start + size]))
-        yield batch.contiguous(memory_format=torch.channels_last), torch.from_numpy(images.labels[start : start + size])
 
 
 def train_epoch(step: StepFn, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
@@ -63,65 +53,28 @@ def cross_entropy_step(model: Callable[[torch.Tensor], torch.Tensor], label_smoo
     return step
 
 
-def evaluate(model: nn.Module, images: LabeledImages, preprocess: Preprocess, batch_size: int = 128) -> float:
-    """Top-1 accuracy of ``model`` on ``images``, in percent; the model's train/eval modes are restored."""
-    if len(images) == 0:
-        raise DataError("cannot evaluate on an empty split; give the data source more images")
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    correct = 0
-    try:
-        with torch.inference_mode():
-            for batch, labels in batches(images, preprocess, batch_size):
-                correct += int((model(batch).argmax(1) == labels).sum())
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-    return 100.0 * correct / len(images)
+def accuracy(logits: torch.Tensor, labels: Any) -> float:
+    """Top-1 accuracy in percent of a logits tensor against integer labels (a tensor or numpy array)."""
+    labels = torch.as_tensor(np.asarray(labels))
+    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
 
-def augment(batch: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to ``max_shift`` pixels, per image."""
-    n, _, height, width = batch.shape
-    flip = torch.rand(n) < 0.5
-    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-    if max_shift <= 0:
-        return batch
-    # Reflect, not zero: a zero in normalised units is mid-grey, not the image's own border.
-    padded = F.pad(batch, (max_shift,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n)).tolist()
-    return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, *,
+            temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hinton's distillation loss: soft targets at ``temperature`` (scaled by T^2) weighted ``alpha``,
+    cross-entropy on the labels weighted ``1 - alpha``. ``alpha = 0`` is plain cross-entropy.
 
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
-
-
-def check_splits(splits: Splits, image_size: int) -> None:
-    """Every split non-empty, same classes, at ``image_size``; every class present in train."""
-    for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        if len(split) == 0:
-            raise DataError(f"the {name} split is empty; give the data source more images or set data.{name}_per_class")
-        if split.classes != splits.classes:
-            raise DataError(f"the {name} split has classes {split.classes} but train has {splits.classes}; "
-                            "load all splits from the same source")
-        if split.images.shape[1:3] != (image_size, image_size):
-            raise DataError(f"{name} images are {split.images.shape[1:3]} but model.image_size is {image_size}; "
-                            "load the splits with get_spec(backbone).preprocess(model.image_size)")
-    if len(splits.classes) < 2:
-        raise DataError(f"training needs at least 2 classes, got {len(splits.classes)}; add class folders")
-    missing = [c for c, n in splits.train.class_counts().items() if n == 0]
-    if missing:
-        raise DataError(f"the train split has no images of class {missing[0]!r}; add some or remove the class")
-
-
-def fingerprint(splits: Splits) -> str:
-    """Cheap identity of the data actually passed in: classes, shapes and labels of every split."""
-    digest = hashlib.sha256(repr(splits.classes).encode())
-    for split in (splits.train, splits.val, splits.test):
-        digest.update(repr(split.images.shape).encode())
-        digest.update(np.ascontiguousarray(split.labels).tobytes())
-    return digest.hexdigest()[:16]
+    The T^2 factor keeps the soft-target gradients the same size whatever the temperature.
+    """
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return hard
+    if teacher_logits is None:
+        raise ValueError("kd_loss with alpha > 0 needs the teacher's logits")
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=1)
+    soft = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True) * temperature**2
+    return alpha * soft + (1 - alpha) * hard
 
 
 def model_hash(model: nn.Module) -> str:

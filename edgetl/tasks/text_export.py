@@ -21,12 +21,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import BackendUnavailable, ExportError
-from .backbones import copy_tokenizer_files, load_text_classifier
+from ..backbones.bert import copy_tokenizer_files, load_text_classifier
 
 TASK = "text-classification"
 DEFAULT_OPSET = 18  # Optimum warns that BERT wants at least 18 (its attention export); ORT and OpenVINO read it
@@ -295,3 +295,83 @@ def check_shape_contract(reference, variants: dict[str, tuple[str | os.PathLike,
         raise ExportError(f"shape contract failed for {len(failed)} case(s) (limit "
                           f"{describe_deviation(tolerance, measure)}): {worst}; re-export the model")
     return cases
+
+
+# -- the pipeline's export and benchmark inputs -----------------------------------------------------
+
+
+def export_text(model_folder: Path, fmt: str, out_dir: Path, export_config, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Export a saved text classifier with Optimum: "onnx" -> model.onnx, "openvino" -> model.xml + model.bin.
+
+    Labels and preprocessing go into the ONNX metadata_props / the IR's rt_info, like the image exports.
+    ONNX needs opset 18 or later for BERT's attention in Optimum; a lower ``export.opset`` is raised to 18.
+    """
+    import json
+
+    strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    if fmt == "onnx":
+        info = export_onnx_optimum(model_folder, out_dir, opset=max(export_config.opset, DEFAULT_OPSET))
+        import onnx
+
+        proto = onnx.load(info.model_file)
+        onnx.helper.set_model_props(proto, strings)
+        onnx.save(proto, info.model_file)
+    elif fmt == "openvino":
+        info = export_openvino_optimum(model_folder, out_dir, fp16=export_config.compress_to_fp16)
+        import openvino as ov
+
+        model = ov.Core().read_model(str(out_dir / OPENVINO_FILE))
+        for name, value in strings.items():
+            model.set_rt_info(value, ["model_info", name])
+        ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=export_config.compress_to_fp16)
+        for suffix in (".xml", ".bin"):
+            (out_dir / OPENVINO_FILE).with_suffix(suffix).unlink()
+        info.model_file = str(out_dir / "model.xml")
+        info.files = sorted(p.name for p in out_dir.iterdir())
+    else:
+        raise ExportError(f"export.formats: {fmt!r} is not a text export; use onnx or openvino")
+    return info.to_dict()
+
+
+class TokenRunner:
+    """A Runner over int64 token ids (N, L) for ``edgetl.bench.benchmark``: feeds ids, mask and type ids.
+
+    The dict for a batch is built once per batch object, so the timed calls measure the model alone.
+    """
+
+    def __init__(self, runner, input_names, pad_id: int = 0):
+        self.runner, self.input_names, self.pad_id = runner, tuple(input_names), pad_id
+        self._last: tuple[int, dict[str, np.ndarray]] | None = None
+
+    def __getattr__(self, name: str):  # name, input_spec, session / compiled (for runtime_settings)
+        return getattr(self.runner, name)
+
+    def predict(self, ids: np.ndarray) -> np.ndarray:
+        if self._last is None or self._last[0] != id(ids):
+            arrays = {"input_ids": ids, "attention_mask": (ids != self.pad_id).astype(np.int64),
+                      "token_type_ids": np.zeros_like(ids)}
+            self._last = (id(ids), {k: arrays[k] for k in self.input_names})
+        return self.runner.predict(self._last[1])
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def bench_inputs(data, preprocess, length: int) -> Callable[[int], np.ndarray]:
+    """``make_input(batch)``: real test texts of ``length`` tokens (the closest there are), as token ids."""
+    cache: dict[int, np.ndarray] = {}
+
+    def make_input(batch: int) -> np.ndarray:
+        if batch not in cache:
+            cache[batch] = preprocess.encode(texts_of_length(data, preprocess, length, batch))["input_ids"]
+        return cache[batch]
+
+    return make_input
+
+
+def texts_of_length(data, preprocess, length: int, count: int) -> list[str]:
+    """The ``count`` texts of ``data`` whose token count is closest to ``length``."""
+    from ..data.text_batches import clipped_lengths
+
+    order = np.argsort(np.abs(clipped_lengths(preprocess, data.texts) - length), kind="stable")
+    return [data.texts[i] for i in order[:count]]

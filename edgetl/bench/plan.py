@@ -1,0 +1,92 @@
+"""What a target is asked to measure, read from a bundle: the artifact each runtime runs, the files the device
+agent needs (with their sha256), the validation slice its outputs are checked on, and the inputs it times.
+
+The timed inputs are the rows the host measured with (``validation/bench.npz``), else the validation slice's
+inputs, else random float32 data of the manifest's ``input_shape``; the agent repeats rows up to each batch
+size. Nothing here asks which modality a bundle holds: inputs are one array or named arrays either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError, EdgetlError
+from .results import RuntimeResult
+from .targets import TargetProfile
+
+
+@dataclass
+class BundleData:
+    """A bundle folder as benchmarking reads it: the manifest, the validation slice's arrays (inputs, labels,
+    reference logits), the validation gate its artifacts passed, and the .npz whose inputs are timed (None: random
+    data of ``manifest["input_shape"]``)."""
+
+    root: Path
+    manifest: dict[str, Any]
+    slice: dict[str, np.ndarray] | None
+    gate: dict[str, Any] | None
+    timed_inputs: str | None
+
+    @property
+    def slice_file(self) -> str | None:
+        from ..bundle import SLICE_FILE
+
+        return SLICE_FILE if self.slice is not None else None
+
+    def artifact_sizes(self) -> dict[str, int]:
+        """Bytes on disk of each artifact (model file plus weights)."""
+        files = self.manifest["files"]
+        artifacts = self.manifest["artifacts"]
+        return {name: sum(files[f]["size"] for f in entry["files"]) for name, entry in artifacts.items()}
+
+
+def load_bundle(root: Path) -> BundleData:
+    """Read a bundle folder for benchmarking; BundleError when it gives nothing to time a model on."""
+    from ..bundle import BENCH_FILE, SLICE_FILE, read_manifest
+
+    manifest = read_manifest(root)
+    data = None
+    if (manifest.get("validation_slice") or {}).get("file") == SLICE_FILE:
+        with np.load(root / SLICE_FILE) as npz:
+            data = {key: npz[key] for key in npz.files}
+    gates = [e.get("validation", {}).get("gate") for e in manifest["artifacts"].values()]
+    timed = BENCH_FILE if BENCH_FILE in manifest["files"] else SLICE_FILE if data is not None else None
+    if timed is None and not manifest.get("input_shape"):
+        raise BundleError(f"{root} has no benchmark inputs ({BENCH_FILE}), no validation slice and no input_shape "
+                          "to time its models on; re-ship it with this edgetl (`edgetl ship`)")
+    return BundleData(root, manifest, data, next((g for g in gates if g), None), timed)
+
+
+def plan_runs(bundle: BundleData, profile: TargetProfile) -> tuple[list[dict[str, Any]], list[RuntimeResult]]:
+    """Which artifact each of the profile's runtimes runs: (agent runs, runtimes with nothing to run)."""
+    from ..predict import select_artifact
+
+    runs, missing = [], []
+    for runtime in profile.runtimes:
+        try:
+            name = select_artifact(bundle.manifest, runtime=runtime)
+        except EdgetlError as exc:  # no artifact in the bundle that this runtime opens (a torch:* runtime, too)
+            missing.append(RuntimeResult(runtime, f"not available: {exc}"))
+            continue
+        entry = bundle.manifest["artifacts"][name]
+        runs.append({"runtime": runtime, "artifact": name, "model": entry["model_file"], "files": entry["files"]})
+    return runs, missing
+
+
+def agent_request(bundle: BundleData, profile: TargetProfile, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The device agent's request: the runs, the files to check, the inputs, the measurement policy. Paths are
+    relative to the bundle folder, which the launcher sets (``bundle``) where the agent finds it."""
+    m = profile.measure
+    needed = [f for run in runs for f in run["files"]] + [f for f in (bundle.slice_file, bundle.timed_inputs) if f]
+    files = bundle.manifest["files"]
+    return {
+        "target": profile.name, "threads": profile.threads, "batch_sizes": profile.batch_sizes,
+        "warmup": m.warmup, "min_runs": m.min_runs, "max_seconds": m.max_seconds, "target_rel_ci": m.target_rel_ci,
+        "timeout_s": m.timeout_s, "runs": runs, "slice": bundle.slice_file, "inputs": bundle.timed_inputs,
+        "input_shape": bundle.manifest.get("input_shape"),
+        "sha256": {f: files[f]["sha256"] for f in dict.fromkeys(needed)},
+    }

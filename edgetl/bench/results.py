@@ -1,0 +1,155 @@
+"""What benchmarking a bundle on targets gives: per runtime and target the load status, latencies, the
+device-side validation verdict and budget problems; the merged report, its table rows, picks and notes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .targets import TargetProfile
+
+
+@dataclass
+class RuntimeResult:
+    """One runtime on one target: loaded or "not available: <why>", cold start, stats per batch size,
+    the validation verdict on the device's outputs, and budget problems."""
+
+    runtime: str
+    status: str
+    artifact: str | None = None
+    cold_start_s: float | None = None
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    validation: dict[str, Any] | None = None
+    budget: list[str] = field(default_factory=list)
+    model_size_bytes: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class TargetResult:
+    """One target: where it is, its machine facts and emulation, each runtime's result, what was timed, and the
+    one-line error that ended it (``error_kind`` "runtime": nothing loads there, the target is skipped)."""
+
+    target: str
+    address: str
+    emulated: bool = False
+    description: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
+    emulation: dict[str, Any] = field(default_factory=dict)
+    runtimes: list[RuntimeResult] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)  # what was timed: source file, rows, one row's shape
+    error: str | None = None
+    error_kind: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def runtime(self, name: str) -> RuntimeResult:
+        return next(r for r in self.runtimes if r.runtime == name)
+
+
+@dataclass
+class TargetsReport:
+    """All targets' results; ``rows()`` is the merged table."""
+
+    bundle: str
+    results: dict[str, TargetResult] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """No target failed and every validated runtime passed. A target where nothing is available (no
+        CUDA device on a CPU machine) is skipped, not failed."""
+        return all(r.error is None or r.error_kind == "runtime" for r in self.results.values()) and all(
+            rt.validation is None or rt.validation["passed"] for r in self.results.values() for rt in r.runtimes)
+
+    @property
+    def measured(self) -> bool:
+        """Some runtime of some target was timed. ``edgetl bench --target`` fails without one: a report of
+        skipped targets only (``cuda-gpu`` on a machine without a GPU) measured nothing."""
+        return any(rt.stats for r in self.results.values() for rt in r.runtimes)
+
+    def rows(self, *, wide: bool = False) -> list[dict[str, Any]]:
+        """The merged table: one row per target, runtime and batch size. ``wide`` adds min, mean and std."""
+        return [row for result in self.results.values() for row in target_rows(result, wide=wide)]
+
+    def choices(self) -> dict[str, dict[str, Any]]:
+        """Per target, the fastest (artifact, runtime) that ran, passed the device-side validation check and kept
+        within the profile's budgets, at the smallest batch size measured; or why there is none."""
+        picks: dict[str, dict[str, Any]] = {}
+        for name, result in self.results.items():
+            fit = [(min(rt.stats, key=lambda s: s["batch_size"]), rt) for rt in result.runtimes
+                   if rt.ok and rt.stats and not rt.budget and (rt.validation is None or rt.validation["passed"])]
+            if not fit:
+                why = result.error or "no runtime ran, passed validation and kept within the budgets"
+                picks[name] = {"artifact": None, "reason": why}
+                continue
+            stats, best = min(fit, key=lambda pair: pair[0]["median_ms"])
+            picks[name] = {"artifact": best.artifact, "runtime": best.runtime, "batch_size": stats["batch_size"],
+                           "median_ms": stats["median_ms"], "validated": best.validation is not None}
+        return picks
+
+    def notes(self) -> list[str]:
+        """Per target the pick, then one line per runtime that did not run and per target that failed, saying why."""
+        results = self.results.values()
+        lines = [f"{name}: use {c['artifact']} on {c['runtime']} ({c['median_ms']:.3g} ms at batch {c['batch_size']}"
+                 f"{'' if c['validated'] else ', not validated: the bundle has no validation slice'})"
+                 if c["artifact"] else f"{name}: nothing to use: {c['reason']}" for name, c in self.choices().items()]
+        lines += [f"{r.target} {rt.runtime}: {rt.status}" for r in results for rt in r.runtimes if not rt.ok]
+        lines += [f"{r.target}: error: {r.error}" for r in results if r.error and r.error_kind != "runtime"]
+        lines += [f"{r.target}: EMULATED on this machine ({r.emulation}), a stand-in, not the device itself"
+                  for r in self.results.values() if r.emulated]
+        if not self.measured:
+            lines.append("nothing was measured: no runtime of any target ran (the reasons are above)")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "created": self.created, "rows": self.rows(wide=True), "notes": self.notes(),
+                "choices": self.choices(),
+                "targets": {name: result.to_dict() for name, result in self.results.items()}}
+
+
+def target_rows(result: TargetResult, *, wide: bool = False) -> list[dict[str, Any]]:
+    """Rows of one target: one per runtime and batch size, one per runtime that did not run, one for an error
+    (short statuses; ``TargetsReport.notes`` gives the reasons)."""
+    name = result.target + (" (emulated)" if result.emulated else "")
+    rows: list[dict[str, Any]] = []
+    for rt in result.runtimes:
+        if not rt.ok:
+            rows.append({"target": name, "runtime": rt.runtime, "status": "not available"})
+            continue
+        verdict = "no slice"
+        if rt.validation is not None:
+            verdict = "pass" if rt.validation["passed"] else "FAIL"
+        for s in rt.stats:
+            row = {"target": name, "runtime": rt.runtime, "batch": s["batch_size"]}
+            row |= {"min_ms": s["min_ms"]} if wide else {}
+            row |= {"median_ms": s["median_ms"]} | ({"mean_ms": s["mean_ms"]} if wide else {})
+            row |= {"p90_ms": s["p90_ms"], "p99_ms": s["p99_ms"]} | ({"std_ms": s["std_ms"]} if wide else {})
+            row |= {"throughput": s["throughput"], "median_rel_ci": s["median_rel_ci"], "cold_start_s": rt.cold_start_s,
+                    "peak_mb": s.get("peak_rss_mb"), "validation": verdict, "budget": "; ".join(rt.budget) or "ok"}
+            rows.append(row)
+    if result.error and result.error_kind != "runtime":  # "runtime": every runtime has its own row already
+        rows.append({"target": name, "status": "error"})
+    return rows
+
+
+def over_budget(profile: TargetProfile, rt: RuntimeResult) -> list[str]:
+    budgets, problems = profile.budgets, []
+    if not rt.ok:
+        return problems
+    smallest = min(rt.stats, key=lambda s: s["batch_size"], default=None)
+    if budgets.latency_ms and smallest and smallest["batch_size"] == 1 and smallest["median_ms"] > budgets.latency_ms:
+        problems.append(f"latency {smallest['median_ms']:.3g} ms > {budgets.latency_ms:g} ms")
+    if budgets.model_mb and rt.model_size_bytes and rt.model_size_bytes / 1e6 > budgets.model_mb:
+        problems.append(f"model {rt.model_size_bytes / 1e6:.3g} MB > {budgets.model_mb:g} MB")
+    peak = max((s.get("peak_rss_mb") or 0.0 for s in rt.stats), default=0.0)
+    if budgets.memory_mb and peak > budgets.memory_mb:
+        problems.append(f"memory {peak:.0f} MB > {budgets.memory_mb:g} MB")
+    return problems

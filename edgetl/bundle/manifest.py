@@ -1,0 +1,113 @@
+"""The bundle's manifest.json: its constants, reading it, the file table, the model file of an artifact.
+
+The manifest lists the sha256 and size of every other file, the runtime versions it was built with, the
+artifacts with their validation reports and benchmarks, what the model takes as input (from the preprocessing)
+and where the validation slice and benchmark inputs are.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .._io import sha256_file
+from ..errors import BundleError
+from ..preprocess import load_preprocess
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# The file a runtime opens, per artifact format; the other files (.onnx.data, .bin) sit beside it.
+MODEL_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+# Distributions whose versions go into the manifest. Read from package metadata: importing torch
+# just to learn its version would defeat the point of a torch-free bundle.
+_VERSIONED = ("onnxruntime", "openvino", "onnx", "torch", "numpy", "pillow", "tokenizers", "optimum",
+              "optimum-onnx", "optimum-intel", "transformers")
+REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
+# Preprocessed inputs, labels and the reference model's logits: what a device is checked against.
+SLICE_FILE = "validation/slice.npz"
+# Preprocessed inputs a device times the models on (it may have no tokenizer or image decoder).
+BENCH_FILE = "validation/bench.npz"
+
+
+class BundlePreprocess(Protocol):
+    """What a bundle asks of its preprocessing (``ImagePreprocess``, ``TextPreprocess``; see edgetl.preprocess)."""
+
+    kind: str
+
+    def to_dict(self) -> dict[str, Any]: ...
+    def describe(self) -> str: ...
+    def encode(self, samples: Any) -> Any: ...
+    def inputs(self, data: Any, rows: np.ndarray) -> Any: ...
+    def required_files(self) -> list[str]: ...
+    def example_inputs(self, count: int) -> Any: ...
+    def input_problem(self, inputs: Any) -> str | None: ...
+    def manifest_fields(self) -> dict[str, Any]: ...
+    def card_fields(self) -> dict[str, str]: ...
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Load and shape-check ``root/manifest.json``; BundleError says what is wrong."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: is {root} an edgetl bundle?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged, ship it again") from None
+    tables = [manifest.get(key) if isinstance(manifest, dict) else None for key in ("files", "artifacts")]
+    if not all(isinstance(t, dict) and t and all(isinstance(v, dict) for v in t.values()) for t in tables):
+        raise BundleError(f"{path} lacks its 'files' or 'artifacts' table; the bundle is damaged, ship it again")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise BundleError(f"{path} is bundle format {manifest['format_version']}; upgrade edgetl to read it")
+    return manifest
+
+
+def file_table(root: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under ``root`` but the manifest, by bundle-relative path."""
+    return {
+        path.relative_to(root).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() != MANIFEST
+    }
+
+
+def model_file(entry: dict[str, Any]) -> str:
+    """The bundle-relative path of the file a runtime opens for a manifest artifact entry."""
+    suffix = MODEL_SUFFIX.get(entry.get("format", ""), "")
+    matches = [f for f in entry.get("files", []) if f.endswith(suffix)] if suffix else []
+    if len(matches) != 1:
+        raise BundleError(f"artifact entry lists {entry.get('files')}; expected exactly one {suffix or 'model'} file")
+    return matches[0]
+
+
+def runtime_versions() -> dict[str, str]:
+    """Python and the installed runtime/library versions, read from package metadata (nothing imported)."""
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def load_bundle_preprocess(data: dict[str, Any], root: str | os.PathLike) -> BundlePreprocess:
+    """A bundle's preprocess.json as its class, reading any files it needs (a tokenizer) from ``root``."""
+    return load_preprocess(data, root=root)
+
+
+def default_bench_length(manifest: dict[str, Any]) -> int:
+    """The sequence length a bundle shipped without ``validation/bench.npz`` is timed at on devices: what the host
+    measured its default artifact at (``settings.sequence_length``), else 32 (at most the manifest's max_length).
+
+    New bundles carry their benchmark inputs (``manifest["bench_inputs"]``); this serves older ones.
+    """
+    entry = manifest.get("artifacts", {}).get(manifest.get("default_artifact"), {})
+    length = ((entry.get("benchmark") or {}).get("settings") or {}).get("sequence_length")
+    return int(length) if length else min(32, int(manifest.get("max_length") or 32))

@@ -1,0 +1,51 @@
+"""``run(recipe)``: finetune -> distill -> export -> quantize -> validate -> bench -> select -> ship, for any task."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from .._io import write_json
+from ..recipe import Recipe
+from .context import RunContext
+from .select import distill_summary, select, summary_rows
+from .ship import ship_stage
+from .stages import bench_stage, distill_stage, export_stage, finetune_stage, quantize_stage, validate_stage
+
+
+def run(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole pipeline on one recipe; returns the run summary (also written to ``summary.json``)."""
+    start = time.perf_counter()
+    ctx = RunContext(recipe, progress=progress, log=log)
+    stage_seconds: dict[str, float] = {}
+
+    def timed(name: str, fn, *args):
+        began = time.perf_counter()
+        result = fn(*args)
+        stage_seconds[name] = round(time.perf_counter() - began, 1)
+        return result
+
+    finetuned = timed("finetune", finetune_stage, ctx)
+    distilled = timed("distill", distill_stage, ctx)
+    timed("export", export_stage, ctx)
+    timed("quantize", quantize_stage, ctx)
+    validation = timed("validate", validate_stage, ctx)
+    benchmarks = timed("bench", bench_stage, ctx)
+    decisions = select(ctx, validation, benchmarks)
+    shipped = timed("ship", ship_stage, ctx, validation, benchmarks, decisions)
+    summary = {
+        "run": recipe.run.name,
+        "task": ctx.task.name,
+        "probe_test_accuracy": finetuned.probe_test_accuracy,
+        "test_accuracy": finetuned.test_accuracy,
+        "distill": distill_summary(distilled),
+        "variants": summary_rows(validation, benchmarks, decisions),
+        "decisions": decisions,
+        "default_artifact": shipped.default_artifact,
+        "bundle": str(shipped.path),
+        "archive": str(shipped.archive),
+        "stage_seconds": stage_seconds,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(ctx.run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,79 @@
+"""The ship stage: bundle what ``select`` chose into ``models/<name>/`` and a .tar.gz, with the task's extra files
+(a tokenizer), a validation slice and benchmark inputs for devices, and the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._io import read_json
+from ..errors import BundleError
+from ..tasks import STUDENT, TEACHER
+from .context import RunContext
+from .plan import TORCH_VARIANT, Planned, prefix
+from .select import select
+from .stages import bench_stage, validate_stage
+
+
+def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict | None = None,
+               decisions: dict | None = None):
+    """Bundle the shipped artifacts; returns the ``ShippedBundle``."""
+    from ..bundle import Artifact, ship
+
+    validation = validation or validate_stage(ctx)
+    benchmarks = benchmarks or bench_stage(ctx)
+    decisions = decisions or select(ctx, validation, benchmarks)
+    chosen, default = shipped_artifacts(ctx, decisions)
+    artifacts = [Artifact(name=a.name, format=a.format, files=ctx.shipped_files(a), runtime=a.runtime,
+                          validation=validation[a.name], benchmark=benchmarks.get(a.name)) for a in chosen]
+    model_key = chosen[0].model
+    bench = ctx.task.bench_inputs(ctx, model_key)
+    return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
+                labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key),
+                recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(), card=card(ctx, chosen),
+                default=default, extra_files=ctx.task.bundle_files(ctx, model_key),
+                validation_slice=validation_slice(ctx, model_key),
+                bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None)
+
+
+def shipped_artifacts(ctx: RunContext, decisions: dict[str, dict]) -> tuple[list[Planned], str]:
+    """The artifacts ``select`` shipped and the default one's name, logging why each other one was left out;
+    a BundleError with every failure when nothing passed."""
+    chosen = [a for a in ctx.plan() if decisions[a.name]["status"] == "shipped"]
+    if not chosen:
+        failed = [f"{name}: {d['reason']}" for name, d in decisions.items() if d["status"] == "lost"]
+        raise BundleError("nothing to ship: no artifact passed validation (" + "; ".join(failed) +
+                          "); loosen validate.gate or fix the failing variants")
+    for name, decision in decisions.items():
+        if decision["status"] in ("lost", "skipped"):
+            ctx.log(f"ship: {name} left out: {decision['reason']}")
+    return chosen, next(a.name for a in chosen if decisions[a.name].get("default"))
+
+
+def validation_slice(ctx: RunContext, model_key: str):
+    """``ship.validation_slice`` test samples with the shipped model's FP32 outputs, which each target device is
+    held to; None when the recipe ships none."""
+    from ..bundle import ValidationSlice
+
+    if not ctx.recipe.ship.validation_slice:
+        return None
+    return ValidationSlice.from_split(ctx.splits.test, ctx.preprocess_of(model_key), ctx.reference_logits(model_key),
+                                      size=ctx.recipe.ship.validation_slice, seed=ctx.recipe.run.seed,
+                                      reference=prefix(model_key) + TORCH_VARIANT)
+
+
+def card(ctx: RunContext, chosen: list[Planned]) -> dict[str, Any]:
+    """The model card's fields: the task's own, the data sizes and the measured accuracies."""
+    finetuned = read_json(ctx.model_dir(TEACHER) / "result.json")
+    fields = {
+        "backbone": ", ".join(sorted({ctx.model_metadata(a.model)["backbone"] for a in chosen})),
+        **ctx.task.card(ctx, chosen),
+        "data_sizes": ctx.splits.sizes(),
+        "test_accuracy": finetuned.get("test_accuracy"), "probe_test_accuracy": finetuned.get("probe_test_accuracy"),
+    }
+    if ctx.recipe.distill.enabled and (ctx.model_dir(STUDENT) / "result.json").is_file():
+        distilled = read_json(ctx.model_dir(STUDENT) / "result.json")
+        fields.update({"teacher_backbone": ctx.recipe.model.backbone, "student": distilled.get("student"),
+                       "student_test_accuracy": distilled.get("student_test_accuracy"),
+                       "student_without_teacher_test_accuracy": distilled.get("baseline_test_accuracy")})
+    return fields

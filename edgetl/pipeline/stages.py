@@ -1,0 +1,180 @@
+"""The stages, each callable alone (``edgetl finetune``, ``edgetl validate``, ...) and chained by ``run``:
+finetune -> distill -> export -> quantize -> validate (shape contract, then the shared check) -> bench.
+
+Every stage works for every task: what differs comes from ``ctx.task``. Records are reused while their key (the
+checkpoint and the recipe sections they depend on) is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._io import read_json, write_json, write_text
+from ..tasks import STUDENT, TEACHER
+from .artifacts import ensure, made, qat
+from .context import RunContext, is_fresh
+from .plan import Planned
+
+CONTRACT_FILE = "contract.json"
+CONTRACT_VERSION = 2  # in the contract record's key: a change of measure re-runs the contract
+
+
+def finetune_stage(ctx: RunContext):
+    """The teacher: linear probe, then staged unfreezing (``ctx.task``'s model and data, the one trainer)."""
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(ctx.run_dir / "recipe.toml", ctx.recipe.to_toml())
+    ctx.log(f"data: {ctx.recipe.data.source} {ctx.splits.sizes()}, {len(ctx.splits.classes)} classes "
+            f"({ctx.task.name})")
+    return ctx.task.finetune(ctx.recipe, ctx.splits, ctx.model_dir(TEACHER), progress=ctx.progress, log=ctx.log)
+
+
+def distill_stage(ctx: RunContext):
+    """Knowledge distillation of the fine-tuned teacher into the recipe's student; None when disabled."""
+    if not ctx.recipe.distill.enabled:
+        return None
+    teacher, _ = ctx.model(TEACHER)
+    return ctx.task.distill(ctx.recipe, ctx.splits, teacher, ctx.model_dir(STUDENT), teacher_dir=ctx.model_dir(TEACHER),
+                            progress=ctx.progress, log=ctx.log)
+
+
+def export_stage(ctx: RunContext) -> list[dict[str, Any]]:
+    """FP32 ONNX / OpenVINO exports of every model."""
+    return [ensure(ctx, a) for a in ctx.plan() if a.exported]
+
+
+def quantize_stage(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
+    """Every quantization method on every model it applies to, then QAT where post-training INT8 missed the
+    gate (``quantize.qat``); None marks a variant that was skipped or not needed."""
+    results = {a.name: ensure(ctx, a) for a in ctx.plan() if a.quantized}
+    results.update(qat_stage(ctx))
+    return results
+
+
+def qat_stage(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
+    """Quantization-aware training where every OpenVINO post-training INT8 variant failed the shared check."""
+    return qat(ctx, validate_artifact)
+
+
+def contract_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """The task's shape contract on every exported and quantized artifact (a task without one: {})."""
+    results = {}
+    for artifact in made(ctx):
+        if artifact.format == "torch":
+            continue
+        record = ctx.artifact_dir(artifact) / CONTRACT_FILE
+        key = {"checkpoint": ctx.checkpoint_hash(artifact.model), "contract": CONTRACT_VERSION,
+               "recipe": ctx.recipe.section_hash("export", "quantize", *ctx.task.sections)}
+        if is_fresh(record, key):
+            results[artifact.name] = read_json(record)["contract"]
+            continue
+        contract = ctx.task.contract(ctx, artifact)
+        if contract is None:
+            continue
+        write_json(record, {"key": key, "contract": contract})
+        results[artifact.name] = contract
+    return results
+
+
+def validate_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """The shared validation check on every artifact, against the FP32 torch model it came from; then the shape
+    contract's verdict folded in.
+
+    A student's artifacts are also held to the teacher: their accuracy must keep
+    ``distill.min_relative_accuracy`` of the teacher's, and their agreement with it is recorded.
+    """
+    contracts = contract_stage(ctx)
+    reports = {artifact.name: validate_artifact(ctx, artifact) for artifact in made(ctx)}
+    for name, contract in contracts.items():
+        if name in reports:
+            reports[name] = _with_contract(ctx, name, contract)
+    return reports
+
+
+def _with_contract(ctx: RunContext, name: str, contract: dict[str, Any]) -> dict[str, Any]:
+    record = ctx.artifact_dir(name) / "validation.json"
+    stored = read_json(record)
+    base = stored.get("before_contract", stored["report"])  # the check's own verdict, before any folding
+    report = dict(base, shape_contract={k: contract[k] for k in ("passed", "precision", "measure", "limit")})
+    if not contract["passed"]:
+        report["passed"] = False
+        report["reasons"] = list(base.get("reasons") or []) + contract["reasons"][:2]
+    if report != stored["report"]:
+        write_json(record, {**stored, "report": report, "before_contract": base})
+    return report
+
+
+def validate_artifact(ctx: RunContext, artifact: Planned) -> dict[str, Any]:
+    """The shared validation check on one made artifact; its record is reused while inputs are unchanged."""
+    from ..validate import predict_logits, validate
+
+    record = ctx.artifact_dir(artifact) / "validation.json"
+    key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
+           "teacher": ctx.checkpoint_hash(TEACHER),
+           "recipe": ctx.recipe.section_hash("data", "model", "export", "quantize", "validate", "distill")}
+    if is_fresh(record, key):
+        return read_json(record)["report"]
+    runner, _ = ctx.open(artifact, ctx.recipe.bench.threads)
+    try:
+        preprocess = ctx.preprocess_of(artifact.model)
+        logits = predict_logits(runner, ctx.splits.test, preprocess, ctx.recipe.validate.batch_size)
+        report = validate(runner, ctx.splits.test, preprocess, reference=ctx.reference_logits(artifact.model),
+                          gate=ctx.recipe.validate.gate, artifact=artifact.name, logits=logits)
+    finally:
+        runner.close()
+    data = report.to_dict()
+    data.update(_against_teacher(ctx, artifact, logits, report))
+    ctx.log("validate: " + report.summary() if data["passed"] else
+            f"validate: {artifact.name} FAIL: " + "; ".join(data["reasons"]))
+    write_json(record, {"key": key, "report": data})
+    return data
+
+
+def _against_teacher(ctx: RunContext, artifact: Planned, logits: np.ndarray, report) -> dict[str, Any]:
+    """Teacher agreement for every artifact; for a student's, the relative-accuracy verdict too."""
+    teacher = ctx.reference_logits(TEACHER)
+    teacher_accuracy = float((teacher.argmax(1) == ctx.splits.test.labels).mean() * 100)
+    extra: dict[str, Any] = {
+        "model": artifact.model,
+        "teacher_agreement": float((logits.argmax(1) == teacher.argmax(1)).mean()),
+        "teacher_accuracy": teacher_accuracy,
+        "relative_accuracy": report.accuracy / teacher_accuracy if teacher_accuracy else None,
+    }
+    if artifact.model == STUDENT:
+        needed = ctx.recipe.distill.min_relative_accuracy
+        if extra["relative_accuracy"] is not None and extra["relative_accuracy"] < needed:
+            extra["passed"] = False
+            extra["reasons"] = list(report.reasons) + [
+                f"keeps {extra['relative_accuracy']:.1%} of the teacher's {teacher_accuracy:.2f}% accuracy "
+                f"< {needed:.0%} required (distill.min_relative_accuracy)"]
+    return extra
+
+
+def bench_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """Local CPU latency of every artifact at the recipe's batch sizes and threads, on the task's inputs."""
+    from ..bench import benchmark
+
+    results = {}
+    for artifact in made(ctx):
+        record = ctx.artifact_dir(artifact) / "benchmark.json"
+        key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
+               "recipe": ctx.recipe.section_hash("export", "quantize", "bench", *ctx.task.sections)}
+        if is_fresh(record, key):
+            results[artifact.name] = read_json(record)["result"]
+            continue
+        ctx.log(f"bench: {artifact.name}")
+        runner, path = ctx.open(artifact, ctx.recipe.bench.threads)
+        timed, inputs, settings = ctx.task.bench_setup(ctx, artifact.model, runner)
+        try:
+            result = benchmark(timed, batch_sizes=ctx.recipe.bench.batch_sizes, config=ctx.recipe.bench,
+                               model_path=path, **inputs)
+        finally:
+            timed.close()
+        data = result.to_dict()
+        data["settings"].update(settings)
+        if path is not None:  # the whole artifact: an IR's .bin, an ONNX file's external data
+            data["model_size_bytes"] = sum(p.stat().st_size for p in ctx.shipped_files(artifact))
+        write_json(record, {"key": key, "result": data})
+        results[artifact.name] = data
+    return results

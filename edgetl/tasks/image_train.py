@@ -1,0 +1,269 @@
+"""The image task's side of the one trainer: CNN backbones from the registry, in-memory uint8 images normalised
+per batch (channels-last), BatchNorm statistics kept while fine-tuning, flip-and-shift augmentation, and a
+teacher/student pair with their own normalisations for distillation (hint maps included)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import copy_matching_weights, create_model, get_spec
+from ..data.dataset import LabeledImages, Splits
+from ..errors import DataError
+from ..preprocess import ImagePreprocess
+from ..recipe import Recipe
+from ..train.loop import CHECKPOINT_FILE, load_weights_file, save_checkpoint
+
+
+def image_batches(images: LabeledImages, preprocess: ImagePreprocess, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised NCHW (channels-last in memory) batches and their labels, in order."""
+    for start in range(0, len(images), size):
+        batch = torch.from_numpy(preprocess.normalize(images.images[start : start + size]))
+        yield batch.contiguous(memory_format=torch.channels_last), torch.from_numpy(images.labels[start : start + size])
+
+
+def evaluate(model: nn.Module, images: LabeledImages, preprocess: ImagePreprocess, batch_size: int = 128) -> float:
+    """Top-1 accuracy of ``model`` on ``images``, in percent; the model's train/eval modes are restored."""
+    if len(images) == 0:
+        raise DataError("cannot evaluate on an empty split; give the data source more images")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    correct = 0
+    try:
+        with torch.inference_mode():
+            for batch, labels in image_batches(images, preprocess, batch_size):
+                correct += int((model(batch).argmax(1) == labels).sum())
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    return 100.0 * correct / len(images)
+
+
+def augment(batch: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to ``max_shift`` pixels, per image."""
+    n, _, height, width = batch.shape
+    flip = torch.rand(n) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+    if max_shift <= 0:
+        return batch
+    # Reflect, not zero: a zero in normalised units is mid-grey, not the image's own border.
+    padded = F.pad(batch, (max_shift,) * 4, mode="reflect")
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n)).tolist()
+    return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+class ImageTrainHooks:
+    """``TrainHooks`` for an image classifier built from the backbone registry (``edgetl.train.hooks``)."""
+
+    def __init__(self, recipe: Recipe, splits: Splits, backbone: str, preprocess: ImagePreprocess, *,
+                 eval_batch_size: int):
+        self.recipe, self.splits, self.backbone, self.preprocess = recipe, splits, backbone, preprocess
+        self.eval_batch_size = eval_batch_size
+        self.max_shift = recipe.model.image_size // 8
+
+    # -- the model ---------------------------------------------------------------------------
+    def _weights(self) -> str | None:
+        return None if self.recipe.model.weights == "none" else self.recipe.model.weights
+
+    def new_model(self) -> nn.Module:
+        # NHWC is about 1.5x faster for these depthwise convolutions on CPU, in training and inference.
+        return create_model(self.backbone, num_classes=len(self.splits.classes), image_size=self.recipe.model.image_size,
+                            weights=self._weights()).to(memory_format=torch.channels_last)
+
+    def head(self, model: nn.Module) -> nn.Module:
+        return model.head()
+
+    def param_groups(self, model: nn.Module, stage_groups: int) -> list[list[nn.Parameter]]:
+        groups = [list(model.head().parameters())]
+        return groups + [[p for module in group for p in module.parameters()]
+                         for group in model.unfreeze_groups()[:stage_groups]]
+
+    def max_groups(self, model: nn.Module) -> int:
+        return len(model.unfreeze_groups())
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Train mode (dropout on), but BatchNorm keeps its running statistics unless it must learn them.
+
+        Frozen layers always keep theirs; pre-trained ones too: batch statistics of a new domain (grey
+        clothes vs ImageNet) shift every feature the probe's head was fitted to, which cost Fashion-MNIST
+        5+ points. Trainable layers of a randomly initialised backbone have no statistics worth keeping.
+        """
+        model.train()
+        keep_statistics = self.recipe.model.weights != "none"
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if keep_statistics or not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs)
+
+    # -- data --------------------------------------------------------------------------------
+    def features(self, model: nn.Module, split: str) -> torch.Tensor:
+        with torch.inference_mode():
+            batches = image_batches(getattr(self.splits, split), self.preprocess, self.eval_batch_size)
+            features = torch.cat([model.forward_features(x) for x, _ in batches])
+        return features.clone()  # a clone outside inference mode can train
+
+    def labels(self, split: str) -> torch.Tensor:
+        return torch.from_numpy(getattr(self.splits, split).labels)
+
+    def steps(self, batch_size: int) -> int:
+        return len(self.splits.train) // batch_size or 1  # whole batches: BatchNorm needs more than one
+
+    def _rows(self, batch_size: int, steps: int) -> list[torch.Tensor]:
+        return torch.randperm(len(self.splits.train))[: steps * batch_size].split(batch_size)
+
+    def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
+                      ) -> Iterator[tuple[Any, ...]]:
+        """``steps`` shuffled, normalised and (if the recipe says so) augmented training batches."""
+        train = self.splits.train
+        for rows in self._rows(batch_size, steps):
+            batch = torch.from_numpy(self.preprocess.normalize(train.images[rows.numpy()]))
+            if self.recipe.finetune.augment:
+                batch = augment(batch, max_shift=self.max_shift)
+            yield (_channels_last(batch), torch.from_numpy(train.labels[rows.numpy()]), *(t[rows] for t in extra))
+
+    def evaluate(self, model: nn.Module, split: str) -> float:
+        return evaluate(model, getattr(self.splits, split), self.preprocess, self.eval_batch_size)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, model: nn.Module, out_dir: Path, meta: dict[str, Any]) -> None:
+        save_checkpoint(out_dir, model, meta)
+
+    def load_best(self, model: nn.Module, out_dir: Path) -> None:
+        load_weights_file(model, out_dir)
+
+    def has_checkpoint(self, out_dir: Path) -> bool:
+        return (Path(out_dir) / CHECKPOINT_FILE).is_file()
+
+    def meta(self, model: nn.Module) -> dict[str, Any]:
+        return {"backbone": self.backbone, "num_classes": len(self.splits.classes),
+                "image_size": self.recipe.model.image_size, "classes": self.splits.classes,
+                "preprocess": self.preprocess.to_dict()}
+
+    def rng_state(self) -> dict[str, Any]:
+        return {}  # batches come from torch's global RNG, which the trainer saves
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def reset_rng(self) -> None:
+        pass
+
+
+class ImageDistillHooks(ImageTrainHooks):
+    """``DistillHooks`` for an image student: its own normalisation beside the teacher's, a teacher-output cache
+    (when inputs never change), one augmentation replayed on both networks, hint maps."""
+
+    baseline_needs_teacher = False
+
+    def __init__(self, recipe: Recipe, splits: Splits, teacher_preprocess: ImagePreprocess):
+        student = recipe.distill.student
+        super().__init__(recipe, splits, student, get_spec(student).preprocess(recipe.model.image_size),
+                         eval_batch_size=2 * recipe.distill.batch_size)
+        self.teacher_preprocess = teacher_preprocess
+        self.student_name = student
+        self.baseline_needs_teacher = recipe.distill.init_from_teacher
+        self.cache: dict[str, torch.Tensor | None] | None = None
+
+    def prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        if self.recipe.distill.hint_weight > 0:
+            from ..errors import RecipeError
+
+            for name, net in (("teacher", teacher), ("student", self._build_student())):
+                if not hasattr(net, "hint_layer"):
+                    raise RecipeError(f"the {name} {type(net).__name__} has no hint_layer() for distill.hint_weight; "
+                                      "set distill.hint_weight=0 or use an EfficientNet-Lite")
+        return teacher
+
+    def _build_student(self) -> nn.Module:
+        weights = self._weights()
+        if weights is not None and weights not in ("package", "hub"):
+            weights = "package"  # a local file holds the teacher backbone's weights, not the student's
+        if weights is not None and not get_spec(self.backbone).package and weights == "package":
+            weights = None  # a student without published weights (e.g. a test network) starts at random
+        return create_model(self.backbone, num_classes=len(self.splits.classes),
+                            image_size=self.recipe.model.image_size, weights=weights)
+
+    def new_student(self, teacher: nn.Module) -> tuple[nn.Module, int]:
+        student = self._build_student()
+        copied = copy_matching_weights(student, teacher) if self.recipe.distill.init_from_teacher else []
+        return student.to(memory_format=torch.channels_last), len(copied)
+
+    def evaluate_teacher(self, teacher: nn.Module, split: str) -> float:
+        return evaluate(teacher, getattr(self.splits, split), self.teacher_preprocess, self.eval_batch_size)
+
+    def hint_adapter(self, student: nn.Module, teacher: nn.Module) -> nn.Module:
+        """1x1 convolution from the student's hint channels to the teacher's."""
+        from ..train.distill import _capture
+
+        size = self.recipe.model.image_size
+        probe = torch.zeros(1, 3, size, size)
+        with torch.no_grad(), _capture(student) as student_map, _capture(teacher) as teacher_map:
+            student.eval()(probe)
+            teacher(probe)
+        torch.manual_seed(self.recipe.run.seed)
+        return nn.Conv2d(student_map[0].shape[1], teacher_map[0].shape[1], 1)
+
+    def cache_teacher(self, teacher: nn.Module, hint: bool) -> None:
+        """Teacher outputs on every training image, computed once (augmentation off: the inputs never change)."""
+        if self.cache is not None or self.recipe.finetune.augment:
+            return
+        from ..train.distill import _capture
+
+        logits, hints = [], []
+        for inputs, _ in image_batches(self.splits.train, self.teacher_preprocess, self.eval_batch_size):
+            with torch.inference_mode(), _capture(teacher if hint else None) as feature:
+                logits.append(teacher(inputs))
+            hints.extend(feature)
+        self.cache = {"logits": torch.cat(logits).clone(), "hints": torch.cat(hints).clone() if hints else None}
+
+    def _teacher_outputs(self, teacher: nn.Module, inputs: torch.Tensor, hint: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from ..train.distill import _capture
+
+        with torch.inference_mode(), _capture(teacher if hint else None) as feature:
+            logits = teacher(inputs)
+        return logits.clone(), feature[0].clone() if hint else None
+
+    def student_batches(self, batch_size: int, steps: int, teacher: nn.Module | None, hint: bool
+                        ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """Shuffled whole batches: student inputs, labels, and the teacher's logits and hint map for them."""
+        train, augmenting = self.splits.train, self.recipe.finetune.augment
+        for rows in self._rows(batch_size, steps):
+            images = train.images[rows.numpy()]
+            labels = torch.from_numpy(train.labels[rows.numpy()])
+            inputs = torch.from_numpy(self.preprocess.normalize(images))
+            if teacher is None:  # the baseline never asks the teacher
+                if augmenting:
+                    inputs = augment(inputs, max_shift=self.max_shift)
+                yield _channels_last(inputs), labels, None, None
+                continue
+            if not augmenting:
+                cache = self.cache
+                yield _channels_last(inputs), labels, cache["logits"][rows], cache["hints"][rows] if hint else None
+                continue
+            # One flip and shift for both networks: draw it on the student's inputs, replay it on the
+            # teacher's (different normalisation) from the same RNG state.
+            rng = torch.get_rng_state()
+            inputs = augment(inputs, max_shift=self.max_shift)
+            after = torch.get_rng_state()
+            torch.set_rng_state(rng)
+            teacher_inputs = augment(torch.from_numpy(self.teacher_preprocess.normalize(images)),
+                                     max_shift=self.max_shift)
+            torch.set_rng_state(after)
+            teacher_logits, teacher_map = self._teacher_outputs(teacher, _channels_last(teacher_inputs), hint)
+            yield _channels_last(inputs), labels, teacher_logits, teacher_map
+
+    def result_extra(self) -> dict[str, Any]:
+        return {}
