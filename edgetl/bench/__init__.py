@@ -8,7 +8,7 @@ Needs numpy and a runtime only (no torch, and rich only to print), so the device
 >>> result = benchmark(runner, batch_sizes=[1, 8], config=BenchConfig(threads=2), model_path="model.onnx")
 >>> print_table(rows_from_result(result, variant="fp32"))
 
-On target devices (profiles in ``targets/*.toml``; ``edgetl bench BUNDLE --target NAME ...``):
+On target devices (profiles in ``edgetl/targets/*.toml``; ``edgetl bench BUNDLE --target NAME ...``):
 
 >>> from edgetl.bench.remote import bench_targets
 >>> report = bench_targets("models/fmnist.tar.gz", ["local-cpu", "local-cpu-1core", "raspberry-pi-4"])

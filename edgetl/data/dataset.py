@@ -9,8 +9,28 @@ import numpy as np
 from ..errors import DataError
 
 
+class Labeled:
+    """What every labelled split shares (images or texts): int64 ``labels`` indexing ``classes``."""
+
+    labels: np.ndarray
+    classes: list[str]
+
+    def _check_labels(self, samples: int, what: str) -> None:
+        if samples != len(self.labels):
+            raise DataError(f"{samples} {what} but {len(self.labels)} labels")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise DataError(f"labels must lie in [0, {len(self.classes)}), found {self.labels.min()}..{self.labels.max()}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {name: int(count) for name, count in zip(self.classes, counts)}
+
+
 @dataclass
-class LabeledImages:
+class LabeledImages(Labeled):
     """uint8 images (N, H, W, C) with int64 labels and the class names they index."""
 
     images: np.ndarray
@@ -20,20 +40,10 @@ class LabeledImages:
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
-        if len(self.images) != len(self.labels):
-            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise DataError(f"labels must lie in [0, {len(self.classes)}), found {self.labels.min()}..{self.labels.max()}")
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        self._check_labels(len(self.images), "images")
 
     def subset(self, indices: np.ndarray) -> "LabeledImages":
         return LabeledImages(self.images[indices], self.labels[indices], self.classes)
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {name: int(count) for name, count in zip(self.classes, counts)}
 
 
 @dataclass

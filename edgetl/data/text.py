@@ -2,7 +2,7 @@
 
 Only numpy and the standard library at import time; the predict path may import this module.
 
->>> splits = get_source("banking77")(config, None)        # 9,003 / 1,000 / 3,080 texts, 77 intents
+>>> splits = SOURCES.get("banking77")(config)       # 9,003 / 1,000 / 3,080 texts, 77 intents
 >>> data = read_text_file("mine.csv", text_column="utterance", label_column="intent")
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import DataError, RecipeError
-from .dataset import Splits, split_stratified, stratified_indices
+from .dataset import Labeled, Splits, split_stratified, stratified_indices
 from .registry import SOURCES
 
 TEXT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
@@ -29,7 +29,7 @@ BANKING77_LICENSE = "CC-BY-4.0"
 
 
 @dataclass
-class LabeledTexts:
+class LabeledTexts(Labeled):
     """Texts with int64 labels and the class names they index; the text counterpart of LabeledImages."""
 
     texts: list[str]
@@ -38,24 +38,12 @@ class LabeledTexts:
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
-        if len(self.texts) != len(self.labels):
-            raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise DataError(
-                f"labels must lie in [0, {len(self.classes)}), found {self.labels.min()}..{self.labels.max()}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        self._check_labels(len(self.texts), "texts")
 
     def subset(self, indices: np.ndarray) -> "LabeledTexts":
         return LabeledTexts(
             [self.texts[i] for i in np.asarray(indices, dtype=np.int64)], self.labels[indices], self.classes
         )
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {name: int(count) for name, count in zip(self.classes, counts)}
 
 
 # -- reading files ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def run(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = p
         "task": ctx.task.name,
         "probe_test_accuracy": finetuned.probe_test_accuracy,
         "test_accuracy": finetuned.test_accuracy,
+        **ctx.task.summary(ctx),
         "distill": distill_summary(distilled),
         "variants": summary_rows(validation, benchmarks, decisions),
         "decisions": decisions,

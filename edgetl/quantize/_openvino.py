@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError
-from . import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
+from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
 
 RUNTIME = "openvino:CPU"
 _PRESETS = ("performance", "mixed")

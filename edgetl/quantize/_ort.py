@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError, QuantizationSkipped
-from . import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
+from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
 
 RUNTIME = "onnxruntime:CPUExecutionProvider"
 _STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}

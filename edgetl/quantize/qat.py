@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError
 from ..recipe import QuantizeConfig
-from . import QuantizeInfo, calibration_images, check_calibration
+from .core import QuantizeInfo, calibration_images, check_calibration
 
 METHOD, RUNTIME = "openvino-int8-qat", "openvino:CPU"
 
@@ -63,7 +63,7 @@ def qat_finetune(
     except Exception as exc:
         raise QuantizationError(f"{method}: NNCF cannot quantize the torch model: {str(exc).splitlines()[0]}") from None
 
-    from ..distill import kd_loss
+    from ..train.loop import kd_loss
 
     # The FP32 model teaches its own quantized copy (self-distillation): the gate asks the INT8 model to
     # agree with the FP32 one, so matching its soft outputs is the objective that moves agreement.

@@ -129,7 +129,7 @@ class TorchRunner:
         if threads:
             torch.set_num_threads(threads)
         if isinstance(model, (str, os.PathLike)):
-            raise EdgetlError("the torch runner takes a loaded nn.Module; use edgetl.finetune.load_checkpoint")
+            raise EdgetlError("the torch runner takes a loaded nn.Module; use the task's load_checkpoint (e.g. edgetl.tasks.image.load_checkpoint)")
         self._torch = torch
         self.model = model.eval().to(device)
         self.device = device

@@ -114,6 +114,10 @@ class Task(ABC):
         model's input shape will do."""
         return None
 
+    def summary(self, ctx: "RunContext") -> dict[str, Any]:
+        """Task-specific fields of the run's ``summary.json``."""
+        return {}
+
     @abstractmethod
     def card(self, ctx: "RunContext", chosen: list) -> dict[str, Any]:
         """The model card's task-specific fields (dataset, licences, sizes, ...)."""

@@ -19,11 +19,11 @@ import numpy as np
 from .._io import read_json, write_json
 from ..errors import RecipeError
 from .base import TEACHER, Task
-from .text_train import MODEL_DIR
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipeline.context import RunContext
 
+MODEL_DIR = "model"  # a trained text model: a Hugging Face folder (config.json, model.safetensors, tokenizer)
 LENGTHS_FILE = "lengths.json"
 CONTRACT_FILE = "contract.json"
 DATASET_CARDS = {
@@ -170,6 +170,9 @@ class TextClassification(Task):
 
         folder = ctx.model_dir(model_key) / MODEL_DIR
         return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+
+    def summary(self, ctx: "RunContext") -> dict[str, Any]:
+        return {"max_length": read_json(ctx.model_dir(TEACHER) / LENGTHS_FILE)["max_length"]}
 
     def card(self, ctx: "RunContext", chosen: list) -> dict[str, Any]:
         from ..backbones import BACKBONES

