@@ -23,7 +23,7 @@ True
 
 from .card import render_card
 from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, REQUIRED_FILES, SLICE_FILE,
-                       BundlePreprocess, default_bench_length, file_table, load_bundle_preprocess, model_file,
+                       BundlePreprocess, file_table, load_bundle_preprocess, model_file,
                        read_manifest, runtime_versions)
 from .ship import Artifact, ShippedBundle, ship
 from .slice import ModelInputs, ValidationSlice, check_inputs, input_arrays, input_rows, slice_inputs
@@ -32,6 +32,6 @@ from .verify import VerifyReport, extract_archive, verify
 __all__ = [
     "BENCH_FILE", "FORMAT_VERSION", "MANIFEST", "MODEL_SUFFIX", "REQUIRED_FILES", "SLICE_FILE", "Artifact",
     "BundlePreprocess", "ModelInputs", "ShippedBundle", "ValidationSlice", "VerifyReport", "check_inputs",
-    "default_bench_length", "extract_archive", "file_table", "input_arrays", "input_rows", "load_bundle_preprocess",
+    "extract_archive", "file_table", "input_arrays", "input_rows", "load_bundle_preprocess",
     "model_file", "read_manifest", "render_card", "runtime_versions", "ship", "slice_inputs", "verify",
 ]

@@ -100,14 +100,3 @@ def runtime_versions() -> dict[str, str]:
 def load_bundle_preprocess(data: dict[str, Any], root: str | os.PathLike) -> BundlePreprocess:
     """A bundle's preprocess.json as its class, reading any files it needs (a tokenizer) from ``root``."""
     return load_preprocess(data, root=root)
-
-
-def default_bench_length(manifest: dict[str, Any]) -> int:
-    """The sequence length a bundle shipped without ``validation/bench.npz`` is timed at on devices: what the host
-    measured its default artifact at (``settings.sequence_length``), else 32 (at most the manifest's max_length).
-
-    New bundles carry their benchmark inputs (``manifest["bench_inputs"]``); this serves older ones.
-    """
-    entry = manifest.get("artifacts", {}).get(manifest.get("default_artifact"), {})
-    length = ((entry.get("benchmark") or {}).get("settings") or {}).get("sequence_length")
-    return int(length) if length else min(32, int(manifest.get("max_length") or 32))

@@ -19,10 +19,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import BundleError
+from ..registry import Registry
 from .image import ImagePreprocess
 from .text import TextPreprocess
 
-PREPROCESSORS = {"image": ImagePreprocess, "text": TextPreprocess}
+PREPROCESSORS: Registry[type] = Registry("preprocessing kind", key="preprocess.json kind")
+PREPROCESSORS.register("image", ImagePreprocess)
+PREPROCESSORS.register("text", TextPreprocess)
 
 
 def load_preprocess(data: dict[str, Any], root: str | os.PathLike | None = None):
@@ -32,7 +35,7 @@ def load_preprocess(data: dict[str, Any], root: str | os.PathLike | None = None)
     if kind not in PREPROCESSORS:
         raise BundleError(f"preprocess.json has kind {kind!r}; this edgetl knows {', '.join(PREPROCESSORS)}: "
                           "upgrade edgetl or re-ship the bundle")
-    return PREPROCESSORS[kind].from_dict(data, root=root)
+    return PREPROCESSORS.get(kind).from_dict(data, root=root)
 
 
 def iter_batches(preprocess, data, batch_size: int) -> Iterator[tuple[np.ndarray, Any]]:
