@@ -13,8 +13,7 @@ import torch.nn.functional as F
 import edgetl.train.distill as kd
 import edgetl.train.finetune as ft
 from edgetl.tasks.image import load_checkpoint
-from edgetl.tasks.image_train import augment, evaluate
-from edgetl.train.loop import CHECKPOINT_FILE, META_FILE, METRICS_FILE, RESULT_FILE, STATE_FILE
+from edgetl.tasks.image_train import evaluate
 from edgetl.backbones import copy_matching_weights, create_model
 from edgetl.preprocess import ImagePreprocess
 from edgetl.errors import RecipeError

@@ -31,9 +31,10 @@ def is_fresh(record: Path, key: dict[str, Any]) -> bool:
         return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
-    """The recipe, its task and its run folder (``runs/<name>/``), with cached data and models."""
+    """The recipe, its task and its run folder (``runs/<name>/``), with cached data and models (frozen: the
+    recipe and layout never change under a stage; the caches are keyed by the files they came from)."""
 
     recipe: Recipe
     progress: bool = True

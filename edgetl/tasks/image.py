@@ -13,7 +13,7 @@ import numpy as np
 
 from .._io import read_json
 from ..errors import DataError, WeightsError
-from .base import TEACHER, Task
+from .base import Task
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipeline.context import RunContext
