@@ -143,21 +143,23 @@ def register_backbone(spec: BackboneSpec) -> Callable[[Callable[..., Any]], Call
     return wrap
 
 
-def get_spec(name: str, kind: str | None = None) -> BackboneSpec:
+def get_spec(name: str, kind: str | None = None, *, key: str | None = None) -> BackboneSpec:
     """The spec registered as ``name``; with ``kind``, a backbone of another kind is a ``RecipeError`` too.
+    ``key`` is the recipe key named in the error (default ``model.backbone``).
 
     >>> get_spec("efficientnet_lite0", kind="image").default_image_size
     224
     """
+    key = BACKBONES.key if key is None else key
     if kind is None:
-        return BACKBONES.get(name)
+        return BACKBONES.get(name, key=key)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     known = ", ".join(spec.name for spec in list_backbones(kind))
     spec = BACKBONES.get(name) if name in BACKBONES else None
     if spec is None or spec.kind != kind:
         what = f"{name!r} is {_A_KIND[spec.kind]} backbone" if spec else f"unknown {kind} backbone {name!r}"
-        raise RecipeError(f"{BACKBONES.key}: {what}; choose {_A_KIND[kind]} backbone: {known} ({BACKBONES.hint})")
+        raise RecipeError(f"{key}: {what}; choose {_A_KIND[kind]} backbone: {known} ({BACKBONES.hint})")
     return spec
 
 

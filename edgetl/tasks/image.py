@@ -30,10 +30,7 @@ class ImageClassification(Task):
 
         get_spec(recipe.model.backbone, kind="image")
         if recipe.distill.enabled:
-            try:
-                get_spec(recipe.distill.student, kind="image")
-            except Exception as exc:
-                raise type(exc)(f"distill.student: {exc}") from None
+            get_spec(recipe.distill.student, kind="image", key="distill.student")
 
     def teacher_preprocess(self, recipe):
         from ..backbones import get_spec
