@@ -1,6 +1,7 @@
 """The recipe: one TOML file loaded into typed dataclasses and checked completely when it is loaded (every key,
 type, range, choice and registry name), so a typo fails in the first second. Every field has a default, so an
-empty recipe runs the built-in example (EfficientNet-Lite0 on a Fashion-MNIST subset).
+empty recipe runs the built-in example (EfficientNet-Lite0 on a Fashion-MNIST subset). The sections and their fields
+are in ``edgetl.settings``.
 
 >>> recipe = load_recipe("banking77", ["finetune.lr=3e-4"])  # a built-in recipe, a .toml path, or None
 >>> recipe.model.task, recipe.run_dir
@@ -9,204 +10,16 @@ empty recipe runs the built-in example (EfficientNet-Lite0 on a Fashion-MNIST su
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .config import checked, field_hint, is_list, load, not_empty, plain_folder_name, plain_folder_name_or_empty, ranged
+from .config import field_hint, is_list, load
 from .errors import RecipeError
-
-SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
-MODEL_KEYS = ("teacher", "student")
-
-
-@dataclass
-class RunConfig:
-    name: str = checked("fashion-mnist-lite0", plain_folder_name)  # the run's folder inside output_dir
-    output_dir: str = "runs"
-    seed: int = ranged(0, ge=0, le=SEED_MAX)
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "efficientnet_lite0"
-    weights: str = "package"  # "package", "hub", a local file, or "none" for random init
-    image_size: int = ranged(64, ge=16)  # Fashion-MNIST's 28 px upscaled; the backbone's own default is 224
-    # A registered task (edgetl.tasks.TASKS): "image-classification" or "text-classification" (a BERT-family
-    # encoder; backbone: a registered name, folder or hub id).
-    task: str = "image-classification"
-
-
-@dataclass
-class DataConfig:
-    source: str = "fashion-mnist"  # a registered source (edgetl.data.SOURCES), e.g. "folder"
-    path: str = ""  # IDX folder or image folder; empty: Debian's dataset-fashion-mnist
-    train_per_class: int = ranged(500, ge=0, note="0 = use everything")
-    val_per_class: int = ranged(100, ge=0)
-    test_per_class: int = ranged(200, ge=0, note="0 = the whole official test set")
-    val_fraction: float = ranged(0.1, gt=0, lt=1)  # folder source (and fashion-mnist with train_per_class = 0)
-    test_fraction: float = ranged(0.15, gt=0, lt=1)  # folder source without train/ and test/ sub-folders
-    seed: int = ranged(0, ge=0, le=SEED_MAX)
-    # text-file source: the column (CSV/TSV header) or field (JSONL) holding the text, and the one holding the label
-    text_column: str = checked("text", not_empty)
-    label_column: str = checked("label", not_empty)
-
-
-@dataclass
-class FinetuneConfig:
-    batch_size: int = ranged(64, ge=2, note="batch norm needs at least 2 samples")
-    probe_epochs: int = ranged(30, ge=1)  # linear probe on cached frozen features
-    probe_lr: float = ranged(3e-3, gt=0)
-    unfreeze: list[int] = ranged([3, 9], ge=1)  # groups trainable in each later stage
-    stage_epochs: list[int] = ranged([2, 5], ge=1)
-    lr: float = ranged(1e-3, gt=0)
-    weight_decay: float = ranged(1e-4, ge=0)
-    label_smoothing: float = ranged(0.1, ge=0, lt=1)
-    patience: int = ranged(2, ge=0, note="0 = no early stop")  # epochs without val improvement before a stage stops
-    augment: bool = False  # random horizontal flip and shift; costs accuracy in a 7-epoch schedule
-    threads: int = ranged(0, ge=0, note="0 = torch's default")
-
-
-@dataclass
-class DistillConfig:
-    enabled: bool = True
-    student: str = "efficientnet_lite0_slim"  # any registry backbone that fits the task
-    # Copy the teacher's weights where names and shapes fit (the slim student: every kept block);
-    # off, the student starts from its own ImageNet weights. Measured on the default example, the
-    # ImageNet start was as good or better (5 epochs: 91.35% vs 90.35% test) and keeps the
-    # no-teacher baseline free of the teacher.
-    init_from_teacher: bool = False
-    temperature: float = ranged(4.0, gt=0, note="2 to 8 is usual")
-    alpha: float = ranged(0.7, ge=0, le=1, note="it weights the soft-target (KD) loss; 1 - alpha the hard labels")
-    hint_weight: float = ranged(0.0, ge=0, note="0 turns the hint loss off")  # feature loss on an intermediate map
-    epochs: int = ranged(5, ge=1)  # per run; the ablation trains a second run with the same budget
-    lr: float = ranged(2e-3, gt=0)
-    batch_size: int = ranged(64, ge=2)
-    patience: int = ranged(3, ge=0, note="0 = no early stop")
-    ablation: bool = True  # also train the same student without the teacher, same budget
-    min_relative_accuracy: float = ranged(0.97, gt=0, le=1)  # student test accuracy / teacher test accuracy
-
-
-@dataclass
-class QuantizeConfig:
-    # ORT: "onnx-int8-dynamic", "onnx-int8-static", "onnx-int8-static-acc" (accuracy-aware), "onnx-fp16";
-    # OpenVINO: "openvino-int8" (NNCF PTQ), "openvino-int8-acc" (accuracy-aware), "openvino-fp16".
-    # openvino-int8-acc is not a default: held to min_agreement, NNCF's accuracy control was still reverting layers of
-    # the default teacher after 9 minutes (stopped unfinished; the ORT search took 2).
-    methods: list[str] = field(default_factory=lambda: ["onnx-int8-dynamic", "onnx-int8-static",
-                                                        "onnx-int8-static-acc", "openvino-int8"])
-    models: list[Literal["teacher", "student"]] = field(default_factory=lambda: list(MODEL_KEYS))  # which to quantize
-    calibration_size: int = ranged(300, ge=1)  # training samples used to calibrate static INT8
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # ORT static
-    per_channel: bool = True
-    onnx_format: Literal["qdq", "qoperator"] = "qdq"  # ORT static
-    max_accuracy_drop: float = ranged(1.0, ge=0)  # accuracy-aware quantization: percentage points
-    # Accuracy-aware methods also keep this top-1 agreement with the FP32 model on the validation samples (0 = not
-    # checked). Above validate.gate.min_agreement on purpose: the gate is judged on the test split afterwards.
-    min_agreement: float = ranged(0.995, ge=0, le=1)
-    # Quantization-aware fine-tune (NNCF, self-distilled from the FP32 model) for each model whose OpenVINO
-    # post-training INT8 misses the gate. Off by default: on the built-in example 2 epochs took 120 s for the
-    # student and reached 98.65% test agreement, no better than post-training INT8's 98.80%.
-    qat: bool = False
-    qat_epochs: int = ranged(2, ge=1)
-    min_calibration_size: int = ranged(16, ge=1)  # fewer calibration samples than this is an error
-    onnx_types: Literal["u8s8", "u8u8", "s8s8"] = "u8s8"  # ORT static: activation/weight integer types
-    reduce_range: bool = False  # ORT: 7-bit weights (for CPUs without VNNI that saturate in u8s8)
-    onnx_preprocess: bool = True  # ORT: quant_pre_process (shape inference + graph optimisation) first
-    openvino_preset: Literal["performance", "mixed"] = "performance"  # NNCF: symmetric | asymmetric activations
-    validation_size: int = ranged(1000, ge=1)  # accuracy-aware quantization: validation samples (from the val split)
-    accuracy_control_max_iterations: int = ranged(50, ge=0)  # accuracy-aware: at most this many layers back to FP32
-    qat_lr: float = ranged(1e-4, gt=0)
-    qat_alpha: float = ranged(0.9, ge=0, le=1)  # QAT loss weight on matching the FP32 model (1 - alpha: the labels)
-    qat_temperature: float = ranged(2.0, gt=0)
-
-
-@dataclass
-class ExportConfig:
-    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])  # registered (edgetl.export.FORMATS)
-    opset: int = ranged(17, ge=7)
-    dynamo: bool = False  # the TorchScript exporter: ~2 s instead of ~15 s here
-    compress_to_fp16: bool = False  # OpenVINO IR weights stored as FP16
-
-
-@dataclass
-class GateConfig:
-    max_accuracy_drop: float = ranged(1.0, ge=0)  # percentage points below the reference
-    min_agreement: float = ranged(0.99, ge=0, le=1)  # top-1 agreement with the reference
-    max_abs_logit_diff: float = ranged(0.0, ge=0, note="0 = not checked")
-    min_accuracy: float = ranged(0.0, ge=0, le=100)  # absolute floor, percent
-
-
-@dataclass
-class ValidateConfig:
-    batch_size: int = ranged(64, ge=1)
-    gate: GateConfig = field(default_factory=GateConfig)
-
-
-@dataclass
-class BenchConfig:
-    threads: int = ranged(2, ge=1)
-    batch_sizes: list[int] = ranged([1, 8], ge=1, min_items=1)
-    warmup: int = ranged(10, ge=0)
-    min_runs: int = ranged(30, ge=1)
-    max_seconds: float = ranged(5.0, gt=0)  # per variant and batch size
-
-
-@dataclass
-class ShipConfig:
-    name: str = checked("", plain_folder_name_or_empty)  # bundle name; empty = run.name
-    output_dir: str = "models"
-    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])  # registered (edgetl.export.FORMATS)
-    validation_slice: int = ranged(128, ge=0, note="0 = none")  # test samples packed for on-device validation
-
-
-@dataclass
-class TextConfig:
-    """Text models only (``model.task = "text-classification"``): sequence length, batching, the distillation
-    student."""
-
-    # Tokens, [CLS] and [SEP] included; 0 = from the training texts (length_percentile).
-    max_length: int = ranged(0, ge=0, note="0 = from the training texts' lengths")
-    length_percentile: float = ranged(99.0, gt=0, le=100)  # of the training texts' token lengths, rounded up to 8
-    normalize: bool = False  # L2-normalise the mean-pooled embedding before the head
-    bucketing: bool = True  # training batches of similar lengths, each padded to its longest text
-    eval_batch_size: int = ranged(128, ge=1)
-    student_layers: list[int] = ranged([], ge=0)  # teacher layers the student keeps; [] = every other
-
-
-@dataclass
-class Recipe:
-    run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
-    ship: ShipConfig = field(default_factory=ShipConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def section_hash(self, *sections: str) -> str:
-        """Hash of the named sections (all when none): what decides whether a stage must rerun."""
-        data = self.to_dict()
-        chosen = {name: data[name] for name in (sections or data)}
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
-
-    def to_toml(self) -> str:
-        return _to_toml(self.to_dict())
+from .settings import (  # noqa: F401  (the recipe's sections, importable from here too)
+    MODEL_KEYS, SEED_MAX, BenchConfig, DataConfig, DistillConfig, ExportConfig, FinetuneConfig, GateConfig,
+    ModelConfig, QuantizeConfig, Recipe, RunConfig, ShipConfig, TextConfig, ValidateConfig,
+)
 
 
 # Keys that were renamed: a recipe that still uses one gets this message instead of "unknown key".
@@ -310,12 +123,3 @@ def named_recipe(name: str | Path) -> Path:
     known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
     raise RecipeError(f"recipe not found: {name}; pass an existing .toml file, a built-in recipe name "
                       f"({', '.join(known) or 'none installed'}) or none for the built-in example")
-
-
-def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    scalars = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    out = ([f"[{prefix}]"] if prefix and scalars else []) + scalars
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.append(_to_toml(v, f"{prefix}.{k}" if prefix else k))
-    return "\n".join(out) + "\n"

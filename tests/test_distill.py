@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgetl import tasks
 import edgetl.train.distill as kd
-import edgetl.train.finetune as ft
 from edgetl.tasks.image import load_checkpoint
 from edgetl.tasks.image_train import evaluate
 from edgetl.backbones import copy_matching_weights, create_model
@@ -31,14 +31,14 @@ def recipe(*overrides: str):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("teacher")
-    ft.finetune(load_recipe(None, [*TINY, "finetune.threads=1"]), tiny_splits(), out_dir, progress=False)
+    tasks.finetune(load_recipe(None, [*TINY, "finetune.threads=1"]), tiny_splits(), out_dir, progress=False)
     return load_checkpoint(out_dir)[0]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, teacher):
     out_dir = tmp_path_factory.mktemp("distill")
-    return out_dir, kd.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False)
+    return out_dir, tasks.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False)
 
 
 @pytest.fixture
@@ -131,19 +131,19 @@ def test_distill_writes_a_loadable_student_and_the_ablation(finished):
 
 def test_same_inputs_return_the_finished_result_without_training(finished, teacher, counted):
     out_dir, result = finished
-    assert kd.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False) == result
+    assert tasks.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False) == result
     assert counted["epochs"] == 0
 
 
 def test_a_changed_teacher_or_recipe_trains_again(finished, teacher, tmp_path, counted):
     out_dir = tmp_path / "run"
     shutil.copytree(finished[0], out_dir)
-    kd.distill(recipe("distill.alpha=0.5"), tiny_splits(), teacher, out_dir, progress=False)
+    tasks.distill(recipe("distill.alpha=0.5"), tiny_splits(), teacher, out_dir, progress=False)
     assert counted["epochs"] == 3  # the baseline (alpha 0 either way) is still valid: only the student reruns
     other = create_model("tiny_convnet", num_classes=3, image_size=32, weights=None)
-    kd.distill(recipe("distill.alpha=0.5"), tiny_splits(), other, out_dir, progress=False)
+    tasks.distill(recipe("distill.alpha=0.5"), tiny_splits(), other, out_dir, progress=False)
     assert counted["epochs"] == 3 + 3  # a new teacher: the student again; the baseline never saw the teacher
-    kd.distill(recipe("distill.alpha=0.5", "distill.epochs=2"), tiny_splits(), other, out_dir, progress=False)
+    tasks.distill(recipe("distill.alpha=0.5", "distill.epochs=2"), tiny_splits(), other, out_dir, progress=False)
     assert counted["epochs"] == 6 + 2 + 2  # a new budget: both
 
 
@@ -158,12 +158,12 @@ def test_interrupted_run_resumes_after_its_last_completed_epoch(finished, teache
 
     monkeypatch.setattr(kd._StudentRun, "_save_state", interrupt_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        kd.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False)
+        tasks.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False)
     assert not (out_dir / "result.json").exists() and counted["epochs"] == 2
 
     monkeypatch.setattr(kd._StudentRun, "_save_state", save_state)
     counted["epochs"] = 0
-    result = kd.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False)
+    result = tasks.distill(recipe(), tiny_splits(), teacher, out_dir, progress=False)
     assert counted["epochs"] == 1 + 3  # the student's third epoch, then the baseline
     # Model, optimizer, scheduler and RNG states came back: the same numbers as an unbroken run.
     def strip(history):
@@ -177,7 +177,7 @@ def test_hint_loss_and_augmentation_ask_the_teacher_every_batch(teacher, tmp_pat
     calls = []
     handle = teacher.register_forward_hook(lambda module, inputs, output: calls.append(len(output)))
     try:
-        result = kd.distill(recipe("distill.hint_weight=1.0", "distill.ablation=false", "distill.epochs=1",
+        result = tasks.distill(recipe("distill.hint_weight=1.0", "distill.ablation=false", "distill.epochs=1",
                                    "finetune.augment=true"), tiny_splits(), teacher, tmp_path, progress=False)
     finally:
         handle.remove()
@@ -205,7 +205,7 @@ def test_slim_student_takes_each_kept_block_from_the_teacher():
 
 
 def test_init_from_teacher_copies_into_the_run(teacher, tmp_path):
-    result = kd.distill(recipe("distill.init_from_teacher=true", "distill.ablation=false", "distill.epochs=1"),
+    result = tasks.distill(recipe("distill.init_from_teacher=true", "distill.ablation=false", "distill.epochs=1"),
                         tiny_splits(), teacher, tmp_path, progress=False)
     assert result.copied_from_teacher == len(teacher.state_dict())
 
@@ -218,11 +218,11 @@ def test_init_from_teacher_copies_into_the_run(teacher, tmp_path):
 )
 def test_bad_config_says_what_to_fix(teacher, tmp_path, override, words):
     with pytest.raises(RecipeError, match=words):
-        kd.distill(recipe(override), tiny_splits(), teacher, tmp_path, progress=False)
+        tasks.distill(recipe(override), tiny_splits(), teacher, tmp_path, progress=False)
 
 
 def test_turning_the_ablation_on_later_trains_only_the_baseline(teacher, tmp_path, counted):
-    kd.distill(recipe("distill.ablation=false"), tiny_splits(), teacher, tmp_path, progress=False)
+    tasks.distill(recipe("distill.ablation=false"), tiny_splits(), teacher, tmp_path, progress=False)
     assert counted["epochs"] == 3 and not (tmp_path / kd.BASELINE_DIR).exists()
-    result = kd.distill(recipe(), tiny_splits(), teacher, tmp_path, progress=False)
+    result = tasks.distill(recipe(), tiny_splits(), teacher, tmp_path, progress=False)
     assert counted["epochs"] == 3 + 3 and result.baseline_test_accuracy is not None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgetl import tasks
 import edgetl.train.finetune as ft
 from edgetl.tasks.image import load_checkpoint
 from edgetl.tasks.image_train import augment, evaluate
@@ -56,7 +57,7 @@ def recipe(*overrides: str):
 def finished(tmp_path_factory):
     """One complete run; tests that change its folder work on a copy."""
     out_dir = tmp_path_factory.mktemp("finetune")
-    return out_dir, ft.finetune(recipe(), tiny_splits(), out_dir, progress=False)
+    return out_dir, tasks.finetune(recipe(), tiny_splits(), out_dir, progress=False)
 
 
 @pytest.fixture
@@ -110,20 +111,20 @@ def test_files_and_one_metrics_entry_per_epoch(finished):
 
 def test_same_recipe_returns_the_finished_result_without_training(finished, counted):
     out_dir, result = finished
-    assert ft.finetune(recipe(), tiny_splits(), out_dir, progress=False) == result
+    assert tasks.finetune(recipe(), tiny_splits(), out_dir, progress=False) == result
     assert counted == {"probe": 0, "epochs": 0}
 
 
 def test_changed_recipe_starts_over(finished, tmp_path, counted):
     out_dir = _copy(finished, tmp_path)
-    result = ft.finetune(recipe("finetune.stage_epochs=[1, 1]"), tiny_splits(), out_dir, progress=False)
+    result = tasks.finetune(recipe("finetune.stage_epochs=[1, 1]"), tiny_splits(), out_dir, progress=False)
     assert counted == {"probe": 1, "epochs": 5 + 2} and len(result.history) == 5 + 2
 
 
 def test_without_result_json_resumes_from_the_recorded_epoch(finished, tmp_path, counted):
     out_dir = _copy(finished, tmp_path)
     (out_dir / RESULT_FILE).unlink()
-    result = ft.finetune(recipe(), tiny_splits(), out_dir, progress=False)
+    result = tasks.finetune(recipe(), tiny_splits(), out_dir, progress=False)
     assert counted == {"probe": 0, "epochs": 0}
     assert result.history == finished[1].history and result.test_accuracy == finished[1].test_accuracy
 
@@ -139,13 +140,13 @@ def test_interrupted_run_resumes_after_its_last_completed_epoch(finished, tmp_pa
 
     monkeypatch.setattr(ft._Trainer, "_save_state", interrupt_after_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune(recipe(), tiny_splits(), out_dir, progress=False)
+        tasks.finetune(recipe(), tiny_splits(), out_dir, progress=False)
     interrupted = json.loads((out_dir / METRICS_FILE).read_text())
     assert len(interrupted) == 5 + 3 and not (out_dir / RESULT_FILE).exists()
 
     monkeypatch.setattr(ft._Trainer, "_save_state", save_state)
     counted.update(probe=0, epochs=0)
-    result = ft.finetune(recipe(), tiny_splits(), out_dir, progress=False)
+    result = tasks.finetune(recipe(), tiny_splits(), out_dir, progress=False)
     assert counted == {"probe": 0, "epochs": 2}  # stage1 epochs 2 and 3 only
     assert result.history[:8] == interrupted and len(result.history) == 5 + EPOCHS
     # Model, optimizer, scheduler and RNG states all came back: the same numbers as an unbroken run.
@@ -165,14 +166,14 @@ def test_probe_and_stages_leave_frozen_weights_untouched(tmp_path, pretrained, l
     save_file(create_model("tiny_convnet", num_classes=3, image_size=32, weights=None).state_dict(),
               str(tmp_path / "init.safetensors"))
     weights = f"model.weights='{tmp_path / 'init.safetensors'}'" if pretrained else "model.weights='none'"
-    ft.finetune(recipe(weights, "finetune.unfreeze=[]", "finetune.stage_epochs=[]"), tiny_splits(),
+    tasks.finetune(recipe(weights, "finetune.unfreeze=[]", "finetune.stage_epochs=[]"), tiny_splits(),
                 tmp_path / "probe", progress=False)
     probed = load_checkpoint(tmp_path / "probe")[0].state_dict()
     if pretrained:  # the probe changed the head only, BatchNorm statistics included (eval mode)
         initial = load_file(str(tmp_path / "init.safetensors"))
         assert {k for k, v in probed.items() if not torch.equal(v, initial[k])} == {"fc.weight", "fc.bias"}
 
-    ft.finetune(recipe(weights, "finetune.unfreeze=[1]", "finetune.stage_epochs=[2]"), tiny_splits(),
+    tasks.finetune(recipe(weights, "finetune.unfreeze=[1]", "finetune.stage_epochs=[2]"), tiny_splits(),
                 tmp_path / "stage", progress=False)
     last = torch.load(tmp_path / "stage" / STATE_FILE, weights_only=True)["model"]
     # Same seed, same start: only the head and the one unfrozen group (output side) moved. Pre-trained
@@ -217,7 +218,7 @@ def test_evaluate_restores_training_mode(tiny_model):
 )
 def test_bad_data_says_what_to_fix(tmp_path, change, error, words):
     with pytest.raises(error, match=words):
-        ft.finetune(recipe(), change(tiny_splits()), tmp_path, progress=False)
+        tasks.finetune(recipe(), change(tiny_splits()), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +227,7 @@ def test_bad_data_says_what_to_fix(tmp_path, change, error, words):
 )
 def test_bad_recipe_says_what_to_fix(tmp_path, override, words):
     with pytest.raises(RecipeError, match=words):
-        ft.finetune(recipe(override), tiny_splits(), tmp_path, progress=False)
+        tasks.finetune(recipe(override), tiny_splits(), tmp_path, progress=False)
     assert issubclass(RecipeError, EdgetlError)
 
 

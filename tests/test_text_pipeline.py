@@ -111,7 +111,7 @@ def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
 
 def test_finetune_probe_then_top_layers_records_and_resumes(trained):
     from edgetl.tasks.text_train import load_text_checkpoint
-    from edgetl.train.finetune import finetune as finetune_text
+    from edgetl.tasks import finetune as finetune_text
 
     ctx, result = trained["ctx"], trained["finetune"]
     folder = ctx.model_dir("teacher")

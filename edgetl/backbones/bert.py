@@ -22,6 +22,10 @@ from ..preprocess.text import TOKENIZER_FILES
 from .spec import BACKBONES, get_spec, list_backbones
 from .weights import package_dir
 
+# A trained text classifier inside a fine-tune or distillation folder: a Hugging Face folder (config.json,
+# model.safetensors, tokenizer files) under this name.
+MODEL_DIR = "model"
+
 # -- weight sources ---------------------------------------------------------------------------
 
 

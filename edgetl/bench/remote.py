@@ -153,7 +153,7 @@ def _read_facts(result: TargetResult, event: dict[str, Any]) -> None:
 def _read_measurements(result: TargetResult, events: list[dict[str, Any]], bundle: BundleData,
                        profile: TargetProfile) -> None:
     """Fill ``result`` from a measuring agent's events; its outputs on the slice get the shared validation check."""
-    from ..recipe import GateConfig
+    from ..settings import GateConfig
     from ..validate import validate
 
     gate = GateConfig(**bundle.gate) if bundle.gate else GateConfig()

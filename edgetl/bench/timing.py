@@ -26,7 +26,7 @@ from .loop import timed_runs
 from .stats import CONFIDENCE, LatencyStats, summarize
 
 if TYPE_CHECKING:  # types only: keeps this module loadable with numpy and a runtime alone
-    from ..recipe import BenchConfig
+    from ..settings import BenchConfig
     from ..runners import InputSpec, Runner
 
 Clock = Callable[[], int]

@@ -90,6 +90,6 @@ def split_stratified(data: LabeledImages, fraction: float, seed: int) -> tuple[L
 
 def load_splits(config, preprocess=None) -> Splits:
     """Load the recipe's data source (images resized by ``preprocess``) and split it deterministically."""
-    from . import SOURCES
+    from .registry import SOURCES  # complete: edgetl.data imported every source module first
 
     return SOURCES.get(config.source)(config, preprocess)

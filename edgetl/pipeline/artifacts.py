@@ -8,6 +8,7 @@ it is trained only when post-training INT8 missed the gate (``qat``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from .._io import read_json, write_json
@@ -35,11 +36,18 @@ def ensure(ctx: RunContext, artifact: Planned) -> dict[str, Any] | None:
             return None
     else:
         ctx.log(f"export: {artifact.name}")
-        info = ctx.task.export(ctx, artifact.model, artifact.kind, folder)
+        info = ctx.task.export(ctx, artifact.model, artifact.kind, folder,
+                               lambda fmt: artifact_file(ctx, ctx.fp32_artifact(artifact.model, fmt)))
     data = {"key": key, "variant": artifact.name, **info}
     write_json(record, data)
     skipped.unlink(missing_ok=True)
     return data
+
+
+def artifact_file(ctx: RunContext, artifact: Planned) -> Path:
+    """The artifact's model file, made first if needed (a quantized model needs its FP32 export)."""
+    ensure(ctx, artifact)
+    return ctx.artifact_dir(artifact) / artifact.file
 
 
 def _quantize(ctx: RunContext, artifact: Planned, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -47,7 +55,7 @@ def _quantize(ctx: RunContext, artifact: Planned, key: dict[str, Any]) -> dict[s
 
     quantizer = QUANTIZERS.get(artifact.kind)
     folder = ctx.artifact_dir(artifact)
-    source = ctx.artifact_file(ctx.fp32_artifact(artifact.model, quantizer.source))
+    source = artifact_file(ctx, ctx.fp32_artifact(artifact.model, quantizer.source))
     ctx.log(f"quantize: {artifact.name}")
     preprocess = ctx.preprocess_of(artifact.model)
     try:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._io import read_json, sha256_file, write_json
 from ..errors import EdgetlError
-from ..recipe import Recipe
+from ..settings import Recipe
 from ..tasks import STUDENT, TEACHER, Task, get_task
 from .plan import Planned, fp32_artifact, plan
 
@@ -100,13 +100,6 @@ class RunContext:
                 "backbone": meta.get("backbone", self.recipe.model.backbone), "producer": "edgetl"}
 
     # -- artifacts ------------------------------------------------------------------------------
-    def artifact_file(self, artifact: Planned) -> Path:
-        """The artifact's model file, made first if needed (an OpenVINO export may need the ONNX one)."""
-        from .artifacts import ensure
-
-        ensure(self, artifact)
-        return self.artifact_dir(artifact) / artifact.file
-
     def open(self, artifact: Planned, threads: int):
         """(a Runner for the artifact, its model file or None for torch)."""
         from ..runners import open_runner

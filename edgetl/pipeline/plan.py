@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..recipe import Recipe
+from ..settings import Recipe
 from ..tasks import STUDENT, TEACHER
 
 TORCH_VARIANT = "torch-fp32"

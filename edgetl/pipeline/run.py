@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable
 
 from .._io import write_json
-from ..recipe import Recipe
+from ..settings import Recipe
 from .context import RunContext
 from .select import distill_summary, select, summary_rows
 from .ship import ship_stage

@@ -16,18 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError
-from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
+from .core import (
+    QuantizeInfo, Quantizer, calibration_count, is_token_batches, openvino_module as _ov, read_model, register_quantizer,
+    skipped_from,
+)
 
 RUNTIME = "openvino:CPU"
 _PRESETS = ("performance", "mixed")
-
-
-def _ov():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise BackendUnavailable("openvino is not installed; run `pip install openvino`") from None
-    return ov
 
 
 def _nncf():
@@ -36,20 +31,6 @@ def _nncf():
     except ImportError:
         raise BackendUnavailable("nncf is not installed; run `pip install nncf`") from None
     return nncf
-
-
-def read_model(path: Path):
-    """An ``ov.Model`` from an IR ``.xml`` or an ONNX file; an operator OpenVINO cannot read is named."""
-    ov = _ov()
-    try:
-        return ov.Core().read_model(str(path))
-    except Exception as exc:
-        op_types: set[str] = set()
-        if path.suffix == ".onnx":
-            import onnx
-
-            op_types = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-        raise skipped_from(exc, f"openvino ({path.name})", op_types, "OpenVINO") from None
 
 
 def _op_types(model) -> set[str]:

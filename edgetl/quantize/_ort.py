@@ -192,7 +192,7 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
     """
     import onnx
 
-    from ..recipe import GateConfig
+    from ..settings import GateConfig
     from ..runners import open_runner
     from ..validate import predict_logits, validate
 

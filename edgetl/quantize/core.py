@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import CalibrationError, EdgetlError, QuantizationError, QuantizationSkipped
-from ..recipe import QuantizeConfig
+from ..errors import BackendUnavailable, CalibrationError, EdgetlError, QuantizationError, QuantizationSkipped
+from ..settings import QuantizeConfig
 from ..registry import Registry
 
 
@@ -269,8 +269,6 @@ def model_io_shapes(path: Path) -> tuple[tuple[int | None, ...], tuple[int | Non
             return tuple(d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim)
 
         return dims(inputs[0]), dims(graph.output[0])
-    from ._openvino import read_model
-
     model = read_model(path)
     return tuple(_partial(model.input(0))), tuple(_partial(model.output(0)))
 
@@ -285,8 +283,6 @@ def model_inputs(path: Path) -> list[tuple[str, str]]:
         types = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32", onnx.TensorProto.FLOAT16: "float16"}
         return [(i.name, types.get(i.type.tensor_type.elem_type, "float32")) for i in graph.input
                 if i.name not in initializers]
-    from ._openvino import read_model
-
     types = {"i64": "int64", "i32": "int32", "f16": "float16"}
     return [(port.get_any_name(), types.get(port.get_element_type().get_type_name(), "float32"))
             for port in read_model(path).inputs]
@@ -328,3 +324,26 @@ def skipped_from(exc: BaseException, method: str, op_types: set[str], backend: s
     named = sorted(op for op in op_types if re.search(rf"\b{re.escape(op)}\b", str(exc)))
     where = f" at operator {', '.join(named)}" if named else ""
     return QuantizationSkipped(f"{method}: {backend} cannot quantize this model{where} ({message[:200]}); variant skipped")
+
+
+def openvino_module():
+    """``openvino``, or a BackendUnavailable that says how to install it."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable("openvino is not installed; run `pip install openvino`") from None
+    return ov
+
+
+def read_model(path: Path):
+    """An ``ov.Model`` from an IR ``.xml`` or an ONNX file; an operator OpenVINO cannot read is named."""
+    ov = openvino_module()
+    try:
+        return ov.Core().read_model(str(path))
+    except Exception as exc:
+        op_types: set[str] = set()
+        if path.suffix == ".onnx":
+            import onnx
+
+            op_types = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        raise skipped_from(exc, f"openvino ({path.name})", op_types, "OpenVINO") from None

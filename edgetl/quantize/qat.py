@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError
-from ..recipe import QuantizeConfig
+from ..settings import QuantizeConfig
 from .core import QuantizeInfo, calibration_images, check_calibration
 
 METHOD, RUNTIME = "openvino-int8-qat", "openvino:CPU"

@@ -10,6 +10,9 @@ package is light: torch, transformers and optimum load inside the tasks' methods
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 from ..registry import Registry
 from .base import STUDENT, TEACHER, Task
 from .image import ImageClassification
@@ -25,4 +28,24 @@ def get_task(recipe) -> Task:
     return TASKS.get(recipe.model.task)
 
 
-__all__ = ["STUDENT", "TASKS", "TEACHER", "Task", "get_task"]
+def finetune(recipe, splits, out_dir: Path, *, progress: bool = True, log: Callable[[str], None] = print):
+    """Fine-tune the recipe's backbone on ``splits`` into ``out_dir`` (its task's model and data handling, the one
+    trainer); a FinetuneResult.
+
+    >>> result = finetune(load_recipe("banking77"), splits, Path("runs/x/finetune"))
+    """
+    return get_task(recipe).finetune(recipe, splits, Path(out_dir), progress=progress, log=log)
+
+
+def distill(recipe, splits, teacher, out_dir: Path, *, teacher_dir: Path | None = None, progress: bool = True,
+            log: Callable[[str], None] = print):
+    """Distil ``teacher`` (fine-tuned in ``teacher_dir``; text students need it for the tokenizer) into the recipe's
+    student on ``splits``, in ``out_dir``; a DistillResult.
+
+    >>> result = distill(recipe, splits, teacher, Path("runs/x/distill"), teacher_dir=Path("runs/x/finetune"))
+    """
+    return get_task(recipe).distill(recipe, splits, teacher, Path(out_dir), teacher_dir=teacher_dir,
+                                    progress=progress, log=log)
+
+
+__all__ = ["STUDENT", "TASKS", "TEACHER", "Task", "distill", "finetune", "get_task"]

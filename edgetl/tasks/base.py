@@ -13,15 +13,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 from ..errors import DataError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline.context import RunContext
-
 TEACHER, STUDENT = "teacher", "student"
 SPLIT_NAMES = ("train", "val", "test")
+
+
+class RunContext(Protocol):
+    """What a task reads from a run (``edgetl.pipeline.RunContext`` provides it; the task never imports the
+    pipeline)."""
+
+    recipe: Any
+    progress: bool
+    log: Callable[[str], None]
+    splits: Any
+
+    def model(self, model_key: str = TEACHER) -> tuple[Any, dict[str, Any]]: ...
+    def model_dir(self, model_key: str) -> Path: ...
+    def preprocess_of(self, model_key: str = TEACHER) -> Any: ...
+    def model_metadata(self, model_key: str = TEACHER) -> dict[str, Any]: ...
+    def artifact_dir(self, artifact: Any) -> Path: ...
 
 
 class Task(ABC):
@@ -87,38 +100,41 @@ class Task(ABC):
 
     # -- artifacts -----------------------------------------------------------------------------
     @abstractmethod
-    def export(self, ctx: "RunContext", model_key: str, fmt: str, folder: Path) -> dict[str, Any]:
-        """Export a trained model to ``fmt`` ("onnx", "openvino") in ``folder``; the export record."""
+    def export(self, ctx: RunContext, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]
+               ) -> dict[str, Any]:
+        """Export a trained model to ``fmt`` ("onnx", "openvino") in ``folder``; the export record.
+        ``source(fmt)`` is the model's FP32 export file in another format, made first if needed (an OpenVINO IR
+        may be converted from the ONNX file)."""
 
     @abstractmethod
-    def calibration(self, ctx: "RunContext", preprocess) -> Any:
+    def calibration(self, ctx: RunContext, preprocess) -> Any:
         """``quantize.calibration_size`` training samples as model inputs, for static quantization."""
 
     quantize_scheme: str = "default"  # "transformer": INT8 on MatMul/Gemm only, NNCF's transformer model type
 
-    def contract(self, ctx: "RunContext", artifact) -> dict[str, Any] | None:
+    def contract(self, ctx: RunContext, artifact) -> dict[str, Any] | None:
         """The shape contract's verdict on one artifact (``passed``, ``reasons``, ...); None: this task has none."""
         return None
 
     @abstractmethod
-    def bench_setup(self, ctx: "RunContext", model_key: str, runner) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    def bench_setup(self, ctx: RunContext, model_key: str, runner) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         """(the runner to time, keyword arguments for ``edgetl.bench.benchmark``, settings to record)."""
 
     # -- bundle --------------------------------------------------------------------------------
-    def bundle_files(self, ctx: "RunContext", model_key: str) -> dict[str, Path]:
+    def bundle_files(self, ctx: RunContext, model_key: str) -> dict[str, Path]:
         """Extra files for the bundle's root ({name in bundle: source path}), e.g. a tokenizer."""
         return {}
 
-    def bench_inputs(self, ctx: "RunContext", model_key: str) -> tuple[Any, str] | None:
+    def bench_inputs(self, ctx: RunContext, model_key: str) -> tuple[Any, str] | None:
         """The model inputs a device is timed on (rows) and their description; None: random inputs of the
         model's input shape will do."""
         return None
 
-    def summary(self, ctx: "RunContext") -> dict[str, Any]:
+    def summary(self, ctx: RunContext) -> dict[str, Any]:
         """Task-specific fields of the run's ``summary.json``."""
         return {}
 
     @abstractmethod
-    def card(self, ctx: "RunContext", chosen: list) -> dict[str, Any]:
+    def card(self, ctx: RunContext, chosen: list) -> dict[str, Any]:
         """The model card's task-specific fields (dataset, licences, sizes, ...)."""
 

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .._io import read_json
 from ..errors import DataError, WeightsError
-from .base import Task
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline.context import RunContext
+from .base import RunContext, Task
 
 CHECKPOINT_FILE = "best.safetensors"
 DATASET_LICENSES = {"fashion-mnist": "MIT (Fashion-MNIST, Zalando Research)"}
@@ -94,7 +91,8 @@ class ImageClassification(Task):
         return get_spec(meta["backbone"], kind="image").preprocess(meta["image_size"])
 
     # -- artifacts -----------------------------------------------------------------------------
-    def export(self, ctx: "RunContext", model_key: str, fmt: str, folder: Path) -> dict[str, Any]:
+    def export(self, ctx: RunContext, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]
+               ) -> dict[str, Any]:
         from ..export import export_onnx, export_openvino
 
         config, metadata = ctx.recipe.export, ctx.model_metadata(model_key)
@@ -103,21 +101,21 @@ class ImageClassification(Task):
             info = export_onnx(model, folder / "model.onnx", input_shape=ctx.preprocess_of(model_key).input_shape,
                                opset=config.opset, dynamo=config.dynamo, metadata=metadata)
         else:  # openvino: converted from the ONNX export
-            info = export_openvino(ctx.artifact_file(ctx.fp32_artifact(model_key, "onnx")), folder / "model.xml",
+            info = export_openvino(source("onnx"), folder / "model.xml",
                                    compress_to_fp16=config.compress_to_fp16, metadata=metadata)
         return info.to_dict()
 
-    def calibration(self, ctx: "RunContext", preprocess):
+    def calibration(self, ctx: RunContext, preprocess):
         """``quantize.calibration_size`` training images, normalized."""
         from ..quantize import calibration_images
 
         return calibration_images(ctx.splits.train, preprocess, ctx.recipe.quantize.calibration_size,
                                   seed=ctx.recipe.run.seed)
 
-    def bench_setup(self, ctx: "RunContext", model_key: str, runner):
+    def bench_setup(self, ctx: RunContext, model_key: str, runner):
         return runner, {"input_shape": ctx.preprocess_of(model_key).input_shape}, {}
 
-    def card(self, ctx: "RunContext", chosen: list) -> dict[str, Any]:
+    def card(self, ctx: RunContext, chosen: list) -> dict[str, Any]:
         from ..backbones import get_spec
 
         source = ctx.recipe.data.source

@@ -15,7 +15,7 @@ from ..backbones import copy_matching_weights, create_model, get_spec
 from ..data.dataset import LabeledImages, Splits
 from ..errors import DataError
 from ..preprocess import ImagePreprocess
-from ..recipe import Recipe
+from ..settings import Recipe
 from ..train.loop import CHECKPOINT_FILE, load_weights_file, save_checkpoint
 
 

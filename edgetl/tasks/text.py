@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .._io import read_json, write_json
 from ..errors import RecipeError
-from .base import TEACHER, Task
+from ..backbones.bert import MODEL_DIR
+from .base import TEACHER, RunContext, Task
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline.context import RunContext
-
-MODEL_DIR = "model"  # a trained text model: a Hugging Face folder (config.json, model.safetensors, tokenizer)
 LENGTHS_FILE = "lengths.json"
 CONTRACT_FILE = "contract.json"
 DATASET_CARDS = {
@@ -108,20 +105,22 @@ class TextClassification(Task):
         return TextPreprocess.from_dict(meta["preprocess"], root=Path(folder) / MODEL_DIR)
 
     # -- artifacts -----------------------------------------------------------------------------
-    def export(self, ctx: "RunContext", model_key: str, fmt: str, folder: Path) -> dict[str, Any]:
+    def export(self, ctx: RunContext, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]
+               ) -> dict[str, Any]:
+        """Optimum exports straight from the model folder (``source`` is not needed)."""
         from .text_export import export_text
 
         return export_text(ctx.model_dir(model_key) / MODEL_DIR, fmt, folder, ctx.recipe.export,
                            ctx.model_metadata(model_key))
 
-    def calibration(self, ctx: "RunContext", preprocess):
+    def calibration(self, ctx: RunContext, preprocess):
         """``quantize.calibration_size`` training texts as token batches of similar lengths."""
         from ..quantize import calibration_batches
 
         return calibration_batches(ctx.splits.train, preprocess, ctx.recipe.quantize.calibration_size,
                                    seed=ctx.recipe.run.seed)
 
-    def contract(self, ctx: "RunContext", artifact) -> dict[str, Any]:
+    def contract(self, ctx: RunContext, artifact) -> dict[str, Any]:
         """Batch 1 and 8 x 8, 32 and 128 tokens (padded rows included) against the torch model; logits within
         the tolerance of the artifact's precision."""
         from .text_export import check_shape_contract, contract_limit, describe_deviation
@@ -142,12 +141,12 @@ class TextClassification(Task):
                 "reasons": [f"shape contract: batch {c.batch} x {c.length} tokens: "
                             f"{describe_deviation(c.deviation, measure)} > {limit}" for c in failed]}
 
-    def median_length(self, ctx: "RunContext", model_key: str = TEACHER) -> int:
+    def median_length(self, ctx: RunContext, model_key: str = TEACHER) -> int:
         from ..data.text_batches import clipped_lengths
 
         return int(np.median(clipped_lengths(ctx.preprocess_of(model_key), ctx.splits.test.texts)))
 
-    def bench_setup(self, ctx: "RunContext", model_key: str, runner):
+    def bench_setup(self, ctx: RunContext, model_key: str, runner):
         """Real test texts of the median token length, fed as token ids through a ``TokenRunner``."""
         from .text_export import TokenRunner, bench_inputs
 
@@ -157,7 +156,7 @@ class TextClassification(Task):
         kwargs = {"make_input": bench_inputs(ctx.splits.test, preprocess, length)}
         return tokens, kwargs, {"input": f"test texts of {length} tokens (the median)", "sequence_length": length}
 
-    def bench_inputs(self, ctx: "RunContext", model_key: str) -> tuple[Any, str]:
+    def bench_inputs(self, ctx: RunContext, model_key: str) -> tuple[Any, str]:
         from .text_export import texts_of_length
 
         preprocess, length = ctx.preprocess_of(model_key), self.median_length(ctx, model_key)
@@ -165,16 +164,16 @@ class TextClassification(Task):
         return (preprocess.encode(texts_of_length(ctx.splits.test, preprocess, length, rows)),
                 f"{rows} test texts of about {length} tokens (the test split's median)")
 
-    def bundle_files(self, ctx: "RunContext", model_key: str) -> dict[str, Path]:
+    def bundle_files(self, ctx: RunContext, model_key: str) -> dict[str, Path]:
         from ..preprocess.text import TOKENIZER_FILES
 
         folder = ctx.model_dir(model_key) / MODEL_DIR
         return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
 
-    def summary(self, ctx: "RunContext") -> dict[str, Any]:
+    def summary(self, ctx: RunContext) -> dict[str, Any]:
         return {"max_length": read_json(ctx.model_dir(TEACHER) / LENGTHS_FILE)["max_length"]}
 
-    def card(self, ctx: "RunContext", chosen: list) -> dict[str, Any]:
+    def card(self, ctx: RunContext, chosen: list) -> dict[str, Any]:
         from ..backbones import BACKBONES
         from .text_export import _version
 

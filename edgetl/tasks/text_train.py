@@ -18,9 +18,9 @@ from .._io import read_json, write_json
 from ..data.text_batches import clipped_lengths, predict_torch, run_sorted, train_batches
 from ..errors import DataError
 from ..preprocess import TextPreprocess
-from ..recipe import Recipe
+from ..settings import Recipe
 from ..train.loop import META_FILE, accuracy
-from .text import MODEL_DIR
+from ..backbones.bert import MODEL_DIR
 
 SPLITS = ("train", "val", "test")
 

@@ -17,14 +17,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_path, write_json
-from ..recipe import Recipe
+from ..settings import Recipe
 from .finetune import finished_result, load_state, with_threads
 from .hooks import DistillHooks
 from .loop import METRICS_FILE, RESULT_FILE, STATE_FILE, kd_loss, progress_bar, rng_state, seed_everything, \
@@ -63,19 +63,6 @@ class DistillResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DistillResult":
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-
-
-def distill(recipe: Recipe, splits, teacher: nn.Module, out_dir: Path, *, teacher_dir: Path | None = None,
-            progress: bool = True, log: Callable[[str], None] = print) -> DistillResult:
-    """Distil ``teacher`` (fine-tuned in ``teacher_dir``; text models need it for the tokenizer) into the recipe's
-    student on ``splits``, in ``out_dir``.
-
-    >>> result = distill(recipe, splits, teacher, Path("runs/x/distill"), teacher_dir=Path("runs/x/finetune"))
-    """
-    from ..tasks import get_task
-
-    return get_task(recipe).distill(recipe, splits, teacher, Path(out_dir), teacher_dir=teacher_dir,
-                                    progress=progress, log=log)
 
 
 def run_distill(recipe: Recipe, hooks: DistillHooks, teacher: nn.Module, out_dir: Path, key: dict[str, Any], *,

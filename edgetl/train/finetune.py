@@ -5,7 +5,7 @@ checkpoint files) comes from the task's ``TrainHooks`` (``edgetl.train.hooks``).
 model by validation accuracy (the hooks' checkpoint format, with ``checkpoint.json``), ``metrics.json`` (one entry
 per epoch), ``last.pt`` (for resuming) and ``result.json``.
 
->>> result = finetune(recipe, splits, Path("runs/x/finetune"))   # the recipe's task builds the hooks
+>>> result = edgetl.tasks.finetune(recipe, splits, Path("runs/x/finetune"))   # the task builds the hooks
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from .._io import atomic_path, read_json, write_json
-from ..recipe import Recipe
+from ..settings import Recipe
 from .hooks import TrainHooks
 from .loop import (
     METRICS_FILE, RESULT_FILE, STATE_FILE, accuracy, cross_entropy_step, progress_bar, rng_state, seed_everything,
@@ -73,17 +73,6 @@ def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
         return fn()
     finally:
         torch.set_num_threads(before)
-
-
-def finetune(recipe: Recipe, splits, out_dir: Path, *, progress: bool = True,
-             log: Callable[[str], None] = print) -> FinetuneResult:
-    """Fine-tune the recipe's backbone on ``splits`` (its task's model and data handling) into ``out_dir``.
-
-    >>> result = finetune(load_recipe("banking77"), splits, Path("runs/x/finetune"))
-    """
-    from ..tasks import get_task
-
-    return get_task(recipe).finetune(recipe, splits, Path(out_dir), progress=progress, log=log)
 
 
 def run_finetune(recipe: Recipe, hooks: TrainHooks, out_dir: Path, key: dict[str, Any], *,
