@@ -6,12 +6,14 @@ Heavy modules (torch, runtimes) are imported inside the commands, so ``edgetl --
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import EdgetlError
 
@@ -33,15 +35,39 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 
 
 def main() -> None:
-    """Console-script entry point: library errors become one line on stderr and a non-zero exit."""
+    """Console-script entry point: every failure ends in one line on stderr and a non-zero exit.
+
+    Errors edgetl raises on purpose (EdgetlError) say what to do; anything else is logged with its traceback
+    (errorlog) and named in one line, unless ``--debug`` / ``EDGETL_DEBUG=1`` asks for the traceback itself."""
     try:
         app()
     except EdgetlError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted; completed stages are kept, rerun the same command to resume")
         sys.exit(130)
+    except Exception as exc:
+        if _debug():
+            raise
+        from .errorlog import one_line, write_log
+
+        _fail(one_line(exc, write_log(exc)), 1)
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _debug() -> bool:
+    return os.environ.get("EDGETL_DEBUG", "") not in ("", "0") or "--debug" in sys.argv[1:2]
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")] = False,
+) -> None:
+    """edgetl: fine-tune, export, validate, benchmark and ship models for edge devices."""
 
 
 def _context(recipe: Path | None, overrides: list[str] | None, quiet: bool):
@@ -262,7 +288,7 @@ def verify(
     report = verify_bundle(bundle, load=load)
     if not report.ok:
         for problem in report.problems:
-            err.print(f"[red]problem:[/] {problem}", highlight=False)
+            err.print(f"[red]problem:[/] {escape(problem)}", highlight=False)
         err.print(f"[bold red]error:[/] {bundle} failed verification; re-ship it with `edgetl ship`")
         raise typer.Exit(1)
     out.print(f"ok: {bundle} ({report.checked_files} files checked)")

@@ -55,3 +55,63 @@ def test_predict_on_missing_bundle(tmp_path):
 def test_backbones_lists_the_registry():
     result = CliRunner().invoke(app, ["backbones"])
     assert result.exit_code == 0 and "efficientnet_lite0" in result.output.replace("…", "")
+
+
+def _main(monkeypatch, capsys, *argv):
+    """Run the console script in-process: (exit code, stderr)."""
+    from edgetl.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgetl", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _broken_backbones(exc):
+    def list_backbones():
+        raise exc
+    return list_backbones
+
+
+def test_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGETL_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("EDGETL_DEBUG", raising=False)
+    monkeypatch.setattr("edgetl.backbones.list_backbones", _broken_backbones(ValueError("bad [thing]\nsecond line")))
+    code, stderr = _main(monkeypatch, capsys, "backbones")
+    logs = list((tmp_path / "logs").glob("crash-*.log"))
+    assert code == 1 and len(logs) == 1 and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "unexpected ValueError: bad [thing] second line" in stderr and str(logs[0]) in stderr.replace("\n", "")
+    text = logs[0].read_text()
+    assert "Traceback" in text and "list_backbones" in text and "command: edgetl backbones" in text
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETL_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr("edgetl.backbones.list_backbones", _broken_backbones(ValueError("boom")))
+    monkeypatch.setattr(sys, "argv", ["edgetl", "--debug", "backbones"])
+    from edgetl.cli import main
+
+    with pytest.raises(ValueError, match="boom"):
+        main()
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EFBIG"])
+def test_full_disk_says_to_free_space(tmp_path, monkeypatch, capsys, errno_name):
+    import errno
+    import os
+
+    monkeypatch.setenv("EDGETL_LOG_DIR", str(tmp_path / "logs"))
+    code_ = getattr(errno, errno_name)
+    monkeypatch.setattr("edgetl.backbones.list_backbones",
+                        _broken_backbones(OSError(code_, os.strerror(code_), "runs/x/summary.json")))
+    code, stderr = _main(monkeypatch, capsys, "backbones")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert "disk full writing runs/x/summary.json" in stderr and "free some space" in stderr
+
+
+def test_error_messages_keep_square_brackets(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, stderr = _main(monkeypatch, capsys, "run", "--set", "quantize.methods=['onnx-int9']")
+    assert code == 2 and "quantize.methods[0]" in stderr and "onnx-int9" in stderr and len(stderr.strip().splitlines()) == 1, stderr
