@@ -186,6 +186,45 @@ def test_unsupported_operator_is_named_and_skipped(tmp_path):
         assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("exc, skipped", [
+    (NotImplementedError("no INT8 kernel"), True),
+    (RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for ConvInteger"), True),
+    (ValueError("operator Erf is not supported in this mode"), True),
+    (RuntimeError("node FancyActivation has no quantization rule"), True),  # names one of the graph's operators
+    (RuntimeError("worker process died unexpectedly"), False),
+    (ValueError("shape mismatch in calibration histogram"), False),
+])
+def test_only_deterministic_inabilities_become_skipped(exc, skipped):
+    from edgetl.quantize.core import failure_from
+
+    failure = failure_from(exc, "onnx-int8-static", {"Conv", "FancyActivation"}, "onnxruntime")
+    assert isinstance(failure, QuantizationSkipped) is skipped and "\n" not in str(failure)
+    if not skipped:
+        assert isinstance(failure, QuantizationError) and "rerunning retries it" in str(failure)
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), OSError(28, "No space left on device")])
+def test_memory_and_disk_errors_pass_through(exc):
+    from edgetl.quantize.core import failure_from
+
+    assert failure_from(exc, "openvino-int8", set(), "NNCF") is exc
+
+
+def test_transient_backend_failure_is_an_error_not_a_skip(trained, tmp_path, monkeypatch):
+    import onnxruntime.quantization as ortq
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("calibration worker was killed")
+
+    monkeypatch.setattr(ortq, "quantize_static", killed)
+    (tmp_path / "model.onnx").write_bytes(b"earlier result")
+    calibration = calibration_images(trained["train"], PREPROCESS, 16)
+    with pytest.raises(QuantizationError, match="calibration worker was killed.*rerunning retries it") as caught:
+        quantize_file(trained["onnx"], "onnx-int8-static", tmp_path, calibration=calibration, config=CONFIG)
+    assert not isinstance(caught.value, QuantizationSkipped)
+    assert (tmp_path / "model.onnx").read_bytes() == b"earlier result"
+
+
 def test_unknown_method_and_wrong_source_format(trained, tmp_path):
     with pytest.raises(QuantizationError, match="unknown quantization method 'int4'"):
         quantize_file(trained["onnx"], "int4", tmp_path)

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import BackendUnavailable, QuantizationError
 from .core import (
     QuantizeInfo, Quantizer, calibration_count, is_token_batches, openvino_module as _ov, read_model, register_quantizer,
-    skipped_from,
+    failure_from,
 )
 
 RUNTIME = "openvino:CPU"
@@ -90,7 +90,7 @@ def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=N
     except QuantizationError:
         raise
     except Exception as exc:
-        raise skipped_from(exc, method, _op_types(model), "NNCF") from None
+        raise failure_from(exc, method, _op_types(model), "NNCF") from None
     files = _save(quantized, work, metadata, method, compress_to_fp16=False)
     return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
                         settings={"preset": config.openvino_preset, "subset_size": len(calibration),
@@ -173,7 +173,7 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
     except QuantizationError:
         raise
     except Exception as exc:
-        raise skipped_from(exc, method, _op_types(model), "NNCF") from None
+        raise failure_from(exc, method, _op_types(model), "NNCF") from None
     fake_quantize = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
     files = _save(quantized, work, metadata, method, compress_to_fp16=False)
     return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,

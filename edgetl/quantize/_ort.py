@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, QuantizationError, QuantizationSkipped
-from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, skipped_from
+from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, failure_from
 
 RUNTIME = "onnxruntime:CPUExecutionProvider"
 _STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -116,7 +116,7 @@ def make_dynamic(source: Path, work: Path, *, calibration=None, validation=None,
         quantization.quantize_dynamic(str(prepared), str(out), weight_type=quantization.QuantType.QInt8,
                                       per_channel=config.per_channel, reduce_range=config.reduce_range)
     except Exception as exc:
-        raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+        raise failure_from(exc, method, _op_types(model), "onnxruntime") from None
     info = _finish(out, model, method, {"source": source.name, "weight_type": "int8", "activations": "uint8 (dynamic)",
                                         "per_channel": config.per_channel, "reduce_range": config.reduce_range,
                                         "preprocessed": prepared != source}, None)
@@ -171,7 +171,7 @@ def make_static(source: Path, work: Path, *, calibration: np.ndarray, validation
         quantization.quantize_static(str(prepared), str(out), _Reader(_input_name(model), calibration),
                                      op_types_to_quantize=_scheme_ops(scheme), **options)
     except Exception as exc:
-        raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+        raise failure_from(exc, method, _op_types(model), "onnxruntime") from None
     info = _finish(out, model, method, _static_settings(source, prepared, config, scheme), calibration)
     info.notes += notes + _saturation_notes(config)
     return info
@@ -216,7 +216,7 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
                                          nodes_to_quantize=only, op_types_to_quantize=text_ops,
                                          calibration_cache_path=str(cache), **options)
         except Exception as exc:
-            raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+            raise failure_from(exc, method, _op_types(model), "onnxruntime") from None
         with contextlib.closing(open_runner(candidate, RUNTIME)) as runner:
             report = validate(runner, data, preprocess, reference=reference, gate=gate)
         if report.passed and only is None:
@@ -292,7 +292,7 @@ def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, co
         # keep float32 inputs/outputs: every runner and the bundle's predict feed float32; casts are free
         converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     except Exception as exc:
-        raise skipped_from(exc, method, _op_types(model), "onnxruntime") from None
+        raise failure_from(exc, method, _op_types(model), "onnxruntime") from None
     out = work / "model.onnx"
     onnx.save(converted, str(out))
     info = _finish(out, model, method, {"source": source.name, "weights": "float16", "io": "float32"}, None)

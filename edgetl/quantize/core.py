@@ -318,12 +318,29 @@ def _check_runs(quantizer: Quantizer, folder: Path, input_shape, output_shape, c
         raise QuantizationSkipped(f"{quantizer.name}: the quantized model returns NaN or infinite logits")
 
 
-def skipped_from(exc: BaseException, method: str, op_types: set[str], backend: str) -> QuantizationSkipped:
-    """Turn a backend's exception into a one-line QuantizationSkipped that names the operator when it can."""
+# Messages a backend gives for what it can never do with this graph: the same input fails the same way again.
+_DETERMINISTIC = re.compile(r"not supported|unsupported|not implemented|cannot be quantized|no kernel|NOT_IMPLEMENTED|"
+                            r"INVALID_GRAPH|is not a registered function|No conversion rule", re.IGNORECASE)
+
+
+def failure_from(exc: BaseException, method: str, op_types: set[str], backend: str) -> BaseException:
+    """What a backend's exception means for the variant, as the exception to raise.
+
+    A known, deterministic inability (the message names one of the graph's operators, or says it is not
+    supported/implemented) becomes QuantizationSkipped, which the pipeline records and reuses. Anything else may
+    be transient (out of memory, a killed worker, a full disk, a bug): memory and OS errors pass through as they
+    are, the rest become a QuantizationError that stops the run without caching anything, so a rerun retries."""
+    if isinstance(exc, (MemoryError, OSError)):
+        return exc
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     named = sorted(op for op in op_types if re.search(rf"\b{re.escape(op)}\b", str(exc)))
-    where = f" at operator {', '.join(named)}" if named else ""
-    return QuantizationSkipped(f"{method}: {backend} cannot quantize this model{where} ({message[:200]}); variant skipped")
+    if named or isinstance(exc, NotImplementedError) or _DETERMINISTIC.search(str(exc)):
+        where = f" at operator {', '.join(named)}" if named else ""
+        return QuantizationSkipped(f"{method}: {backend} cannot quantize this model{where} ({message[:200]}); "
+                                   "variant skipped")
+    return QuantizationError(
+        f"{method}: {backend} failed ({type(exc).__name__}: {message[:200]}); nothing was recorded, so rerunning "
+        f"retries it; if it fails the same way again, remove {method} from quantize.methods and report the error")
 
 
 def openvino_module():
@@ -346,4 +363,4 @@ def read_model(path: Path):
             import onnx
 
             op_types = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-        raise skipped_from(exc, f"openvino ({path.name})", op_types, "OpenVINO") from None
+        raise failure_from(exc, f"openvino ({path.name})", op_types, "OpenVINO") from None
