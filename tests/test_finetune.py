@@ -154,6 +154,15 @@ def test_interrupted_run_resumes_after_its_last_completed_epoch(finished, tmp_pa
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in finished[1].history]
 
 
+def test_corrupt_state_file_starts_over_and_says_so_even_when_quiet(finished, tmp_path, counted, capsys):
+    out_dir = _copy(finished, tmp_path)
+    (out_dir / RESULT_FILE).unlink()
+    (out_dir / STATE_FILE).write_bytes((out_dir / STATE_FILE).read_bytes()[:100])  # a truncated copy
+    result = tasks.finetune(recipe(), tiny_splits(), out_dir, progress=False)
+    assert f"cannot read {out_dir / STATE_FILE}" in capsys.readouterr().out.replace("\n", "")
+    assert counted == {"probe": 1, "epochs": 5 + EPOCHS} and len(result.history) == 5 + EPOCHS
+
+
 TRAINED = {"fc.weight", "fc.bias", "stages.2.0.weight", "stages.2.1.weight", "stages.2.1.bias"}
 STATISTICS = {"stages.2.1.running_mean", "stages.2.1.running_var", "stages.2.1.num_batches_tracked"}
 

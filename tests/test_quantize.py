@@ -162,6 +162,16 @@ def test_wrong_shape_calibration_set_names_both_shapes(trained, tmp_path):
                       config=CONFIG)
 
 
+@pytest.mark.parametrize("method, source", [("onnx-int8-dynamic", "model.onnx"), ("openvino-fp16", "model.xml")])
+def test_a_source_without_metadata_gets_a_note_not_silence(method, source, trained, tmp_path):
+    from edgetl.export import export_onnx, export_openvino
+
+    export_onnx(trained["model"], tmp_path / "model.onnx", input_shape=(3, 32, 32))
+    export_openvino(tmp_path / "model.onnx", tmp_path / "model.xml")
+    info = quantize_file(tmp_path / source, method, tmp_path / "out", config=CONFIG)
+    assert info.metadata == {} and any("has no" in note and "metadata" in note for note in info.notes), info.notes
+
+
 def test_failure_keeps_what_was_already_written(trained, tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"earlier result")
     with pytest.raises(CalibrationError):

@@ -59,15 +59,18 @@ def _quantize(ctx: RunContext, artifact: Planned, key: dict[str, Any]) -> dict[s
     ctx.log(f"quantize: {artifact.name}")
     preprocess = ctx.preprocess_of(artifact.model)
     try:
-        return quantize_file(
+        info = quantize_file(
             source, artifact.kind, folder, config=ctx.recipe.quantize, scheme=ctx.task.quantize_scheme,
             calibration=ctx.task.calibration(ctx, preprocess) if quantizer.needs_calibration else None,
             validation=ValidationSet(ctx.splits.val, preprocess) if quantizer.needs_validation else None,
-        ).to_dict()
-    except QuantizationSkipped as exc:
+        )
+    except QuantizationSkipped as exc:  # a known inability: recorded, and reused while the key holds
         ctx.log(f"quantize: {artifact.name} skipped: {exc}")
         write_json(folder / "skipped.json", {"key": key, "variant": artifact.name, "reason": str(exc)})
         return None
+    for note in info.notes:  # fallbacks and caveats (a failed pre-processing step, lost metadata) are said here too
+        ctx.log(f"quantize: {artifact.name}: note: {note}")
+    return info.to_dict()
 
 
 def made(ctx: RunContext) -> list[Planned]:

@@ -37,16 +37,18 @@ def _op_types(model) -> set[str]:
     return {op.get_type_name() for op in model.get_ops()}
 
 
-def _model_info(model) -> dict[str, str]:
-    """The ``model_info`` section of an IR's rt_info (labels, preprocessing) as strings."""
+def _model_info(model, source: Path) -> tuple[dict[str, str], list[str]]:
+    """The ``model_info`` section of an IR's rt_info (labels, preprocessing) as strings, and a note when the
+    quantized model will carry none (the source has none, or it cannot be read)."""
+    if not model.has_rt_info(["model_info"]):
+        return {}, [f"{source.name} has no model_info metadata (labels, preprocessing); the quantized model has none "
+                    "either, so ship it inside a bundle, which carries them"]
     try:
-        section = model.get_rt_info(["model_info"])
-    except Exception:
-        return {}
-    try:
-        return {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in section.astype(dict).items()}
-    except Exception:
-        return {}
+        section = model.get_rt_info(["model_info"]).astype(dict)
+        return {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in section.items()}, []
+    except Exception as exc:  # an rt_info layout this OpenVINO version does not read
+        return {}, [f"cannot read the model_info metadata of {source.name} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); the quantized model carries none"]
 
 
 def _save(model, work: Path, metadata: dict[str, str], method: str, *, compress_to_fp16: bool) -> list[str]:
@@ -83,7 +85,7 @@ def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=N
     method = "openvino-int8"
     nncf = _nncf()
     model = read_model(source)
-    metadata = _model_info(model)
+    metadata, notes = _model_info(model, source)
     try:
         quantized = nncf.quantize(model, _nncf_dataset(calibration), preset=_preset(config),
                                   subset_size=len(calibration), model_type=_model_type(scheme))
@@ -96,7 +98,7 @@ def make_int8(source: Path, work: Path, *, calibration: np.ndarray, validation=N
                         settings={"preset": config.openvino_preset, "subset_size": len(calibration),
                                   "model_type": scheme,
                                   "inference_precision": "f32 (non-quantized layers)"},
-                        calibration_images=calibration_count(calibration), metadata=metadata)
+                        calibration_images=calibration_count(calibration), metadata=metadata, notes=notes)
 
 
 class _CompiledRunner:
@@ -144,7 +146,7 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
     method = "openvino-int8-acc"
     nncf = _nncf()
     model = read_model(source)
-    metadata = _model_info(model)
+    metadata, notes = _model_info(model, source)
     data, preprocess = validation.subset(config.validation_size, method), validation.preprocess
     # items are indices; the transform turns one into the model input NNCF uses when ranking layers
     validation_dataset = nncf.Dataset([np.asarray([i]) for i in range(len(data))],
@@ -184,18 +186,18 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
                                   "max_iterations": config.accuracy_control_max_iterations,
                                   "model_type": scheme,
                                   "inference_precision": "f32 (non-quantized layers)"},
-                        calibration_images=calibration_count(calibration), metadata=metadata)
+                        calibration_images=calibration_count(calibration), metadata=metadata, notes=notes)
 
 
 def make_fp16(source: Path, work: Path, *, calibration=None, validation=None, config, scheme: str = "default") -> QuantizeInfo:
     """The IR with FP16 weights: half the size; on CPU it computes in FP32 (see the module note)."""
     method = "openvino-fp16"
     model = read_model(source)
-    metadata = _model_info(model)
+    metadata, notes = _model_info(model, source)
     files = _save(model, work, metadata, method, compress_to_fp16=True)
     return QuantizeInfo(method=method, format="openvino", files=files, source=source.name, runtime=RUNTIME,
                         settings={"weights": "float16", "inference_precision": "f32 on CPU"}, metadata=metadata,
-                        notes=["CPU widens FP16 weights to FP32 at load time: smaller file, same speed"])
+                        notes=[*notes, "CPU widens FP16 weights to FP32 at load time: smaller file, same speed"])
 
 
 for _quantizer in (

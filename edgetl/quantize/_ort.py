@@ -55,10 +55,13 @@ def _finish(model_file: Path, source_model, method: str, settings: dict, calibra
                                         "quantization": method})
     onnx.save(model, str(model_file))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    source = settings.pop("source")
+    notes = [] if metadata else [f"{source} has no metadata (labels, preprocessing); the quantized model has none "
+                                 "either, so ship it inside a bundle, which carries them"]
     return QuantizeInfo(
-        method=method, format="onnx", files=[model_file.name], source=settings.pop("source"), runtime=RUNTIME,
+        method=method, format="onnx", files=[model_file.name], source=source, runtime=RUNTIME,
         settings={**settings, "opset": opset}, calibration_images=calibration_count(calibration),
-        metadata=metadata,
+        metadata=metadata, notes=notes,
     )
 
 

@@ -212,6 +212,10 @@ class _Trainer:
         if self.verbose:
             self.bar.console.print(message, highlight=False)
 
+    def _warn(self, message: str) -> None:
+        """Printed with or without --quiet: something the user must know happened."""
+        self.bar.console.print(message, highlight=False)
+
     def _record(self, stage: str, groups: int, epoch: int, loss: float, train_accuracy: float, val: float, lr: float,
                 seconds: float) -> None:
         self.history.append({"stage": stage, "groups": groups, "epoch": epoch, "train_loss": round(loss, 5),
@@ -239,7 +243,7 @@ class _Trainer:
 
     def _load_state(self) -> dict[str, Any] | None:
         """The saved state of an interrupted run of this recipe and data, else None (start over)."""
-        state = load_state(self.out_dir, self.key, self.hooks, self._log)
+        state = load_state(self.out_dir, self.key, self.hooks, self._warn)
         if state is None:
             return None
         self.model.load_state_dict(state["model"])
