@@ -172,6 +172,21 @@ def test_a_source_without_metadata_gets_a_note_not_silence(method, source, train
     assert info.metadata == {} and any("has no" in note and "metadata" in note for note in info.notes), info.notes
 
 
+def test_failed_pre_processing_falls_back_to_the_raw_graph_and_says_so(trained, tmp_path, monkeypatch):
+    import dataclasses
+
+    import onnxruntime.quantization as ortq
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("symbolic shape inference failed")
+
+    monkeypatch.setattr(ortq, "quant_pre_process", broken)
+    info = quantize_file(trained["onnx"], "onnx-int8-dynamic", tmp_path,
+                         config=dataclasses.replace(CONFIG, onnx_preprocess=True))
+    assert info.settings["preprocessed"] is False
+    assert any("quant_pre_process failed (symbolic shape inference failed)" in note for note in info.notes)
+
+
 def test_failure_keeps_what_was_already_written(trained, tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"earlier result")
     with pytest.raises(CalibrationError):
