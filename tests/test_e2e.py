@@ -54,6 +54,7 @@ def test_run_ships_a_verified_bundle_with_a_table(finished_run):
     shipped = {name for name, d in decisions.items() if d["status"] == "shipped"}
     manifest = json.loads((root / "models/e2e/manifest.json").read_text())
     assert set(manifest["artifacts"]) == shipped and manifest["default_artifact"] == summary["default_artifact"]
+    assert len(manifest["data_sha256"]) == 64 and manifest["data_sha256"][:16] in (root / "models/e2e/README.md").read_text()
     assert all(manifest["artifacts"][name]["validation"]["passed"] for name in shipped)
     assert (root / "models/e2e/validation/slice.npz").is_file()
     assert (root / "models/e2e.tar.gz").is_file() and (root / "runs/e2e/recipe.toml").is_file()

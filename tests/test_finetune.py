@@ -121,6 +121,14 @@ def test_changed_recipe_starts_over(finished, tmp_path, counted):
     assert counted == {"probe": 1, "epochs": 5 + 2} and len(result.history) == 5 + 2
 
 
+def test_changed_pixels_with_the_same_shapes_and_labels_start_over(finished, tmp_path, counted):
+    out_dir = _copy(finished, tmp_path)
+    splits = tiny_splits()
+    splits.train.images[0, 0, 0, 0] ^= 1  # one value of one pixel: same count, shapes and labels
+    tasks.finetune(recipe(), splits, out_dir, progress=False)
+    assert counted["probe"] == 1 and counted["epochs"] == 5 + EPOCHS
+
+
 def test_without_result_json_resumes_from_the_recorded_epoch(finished, tmp_path, counted):
     out_dir = _copy(finished, tmp_path)
     (out_dir / RESULT_FILE).unlink()

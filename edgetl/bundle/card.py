@@ -35,7 +35,8 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
         ["Input", fields["input"]],
         ["Preprocessing", f"{fields['steps']} (preprocess.json)"],
         ["Default artifact", f"{default} ({artifacts[default]['runtime']})"],
-        ["Built", f"{manifest['created_utc']}, edgetl {manifest['edgetl_version']}, recipe {manifest['recipe_hash']}"],
+        ["Built", f"{manifest['created_utc']}, edgetl {manifest['edgetl_version']}, recipe {manifest['recipe_hash']}"
+                  + (f", data sha256 {manifest['data_sha256'][:16]}" if manifest.get("data_sha256") else "")],
     ]
     accuracy = [
         [n, e["format"], e["runtime"], *(e["validation"].get(k) for k in _ACCURACY_KEYS),

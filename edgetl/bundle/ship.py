@@ -63,6 +63,7 @@ def ship(
     recipe_toml: str,
     recipe_hash: str,
     card: dict[str, Any],
+    data_sha256: str | None = None,
     validation_slice: ValidationSlice | None = None,
     default: str | None = None,
     extra_files: dict[str, Path] | None = None,
@@ -75,6 +76,8 @@ def ship(
     reasons) or none was given. The bundle is built in a temporary folder and renamed into place only when
     complete, so a failure leaves an older bundle of the same name as it was.
 
+    ``data_sha256`` (the content hash of the data the models were trained and validated on) goes into the
+    manifest beside ``recipe_hash``: together they say what the bundle was made from.
     ``validation_slice`` is shipped as ``validation/slice.npz`` for checking the models on each target device;
     ``bench_inputs`` (preprocessed model inputs, one array or {input name: array}) as ``validation/bench.npz``
     for timing them there, described in the manifest by ``bench_description`` (e.g. "test texts of 13 tokens
@@ -115,6 +118,7 @@ def ship(
             "edgetl_version": __version__,
             "runtime_versions": runtime_versions(),
             "recipe_hash": recipe_hash,
+            **({"data_sha256": data_sha256} if data_sha256 else {}),
             "num_labels": len(labels),
             "kind": preprocess.kind,
             "preprocessing": preprocess.describe(),

@@ -31,6 +31,7 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
     return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
                 labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key),
                 recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(), card=card(ctx, chosen),
+                data_sha256=ctx.task.fingerprint(ctx.splits),
                 default=default, extra_files=ctx.task.bundle_files(ctx, model_key),
                 validation_slice=validation_slice(ctx, model_key),
                 bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None)

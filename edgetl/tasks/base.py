@@ -72,7 +72,8 @@ class Task(ABC):
 
     @abstractmethod
     def fingerprint(self, splits) -> str:
-        """Identity of the data passed in (what decides whether training must rerun)."""
+        """sha256 of the content of the data passed in: what decides whether training must rerun, and the
+        bundle manifest's ``data_sha256``."""
 
     # -- training ------------------------------------------------------------------------------
     @abstractmethod

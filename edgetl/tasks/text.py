@@ -50,12 +50,12 @@ class TextClassification(Task):
         return load_splits(recipe.data)
 
     def fingerprint(self, splits) -> str:
-        """Identity of the texts and labels of every split."""
+        """sha256 of the classes, and every split's texts and labels."""
         digest = hashlib.sha256(repr(splits.classes).encode())
         for split in (splits.train, splits.val, splits.test):
             digest.update("\x00".join(split.texts).encode())
-            digest.update(np.ascontiguousarray(split.labels).tobytes())
-        return digest.hexdigest()[:16]
+            digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).data)
+        return digest.hexdigest()
 
     # -- training ------------------------------------------------------------------------------
     def finetune(self, recipe, splits, out_dir: Path, *, progress: bool = True, log=print):
