@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic writes: a file is written to a temporary name in the same folder, then renamed; a folder is built
+beside its target and swapped in whole."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,3 +63,29 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the complete folder ``staging`` at ``target`` (same filesystem), replacing what was there.
+
+    The old folder is renamed aside first and removed only after the new one is in place, so a crash leaves
+    either folder whole: never a half-deleted one. ``recover_dir(target)`` undoes a crash between the two renames.
+    """
+    staging, target = Path(staging), Path(target)
+    aside = target.with_name(f".{target.name}.old")
+    if aside.exists():
+        shutil.rmtree(aside)
+    if target.exists():
+        target.rename(aside)
+    staging.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
+def recover_dir(target: str | os.PathLike) -> Path:
+    """``target``, put back from its renamed-aside copy if a crash in ``replace_dir`` left it missing."""
+    target = Path(target)
+    aside = target.with_name(f".{target.name}.old")
+    if not target.exists() and aside.is_dir():
+        aside.rename(target)
+    return target

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .._io import replace_dir
 from ..errors import BackendUnavailable, ExportError
 from ..backbones.bert import copy_tokenizer_files, load_text_classifier
 
@@ -79,9 +80,11 @@ class TextExportInfo:
 
 
 def export_onnx_optimum(
-    model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+    metadata: dict[str, str] | None = None,
 ) -> TextExportInfo:
-    """Export the classifier in ``model_dir`` to ``out_dir``/model.onnx with optimum-onnx (dynamic batch/sequence)."""
+    """Export the classifier in ``model_dir`` to ``out_dir``/model.onnx with optimum-onnx (dynamic batch/sequence),
+    ``metadata`` in its metadata_props. ``out_dir`` is replaced whole, only once everything is written."""
     exporter = _require("optimum.exporters.onnx", "optimum-onnx")
     model = load_text_classifier(model_dir)
     start = time.perf_counter()
@@ -95,6 +98,12 @@ def export_onnx_optimum(
         except Exception as exc:
             raise ExportError(f"optimum-onnx could not export {model_dir}: {_first_line(exc)}") from None
         _finish(model_dir, stage)
+        if metadata:
+            import onnx
+
+            proto = onnx.load(str(stage / ONNX_FILE))
+            onnx.helper.set_model_props(proto, metadata)
+            onnx.save(proto, str(stage / ONNX_FILE))
     import onnx
 
     out = Path(out_dir)
@@ -108,9 +117,11 @@ def export_onnx_optimum(
 
 
 def export_openvino_optimum(
-    model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fp16: bool = False
+    model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, fp16: bool = False,
+    metadata: dict[str, str] | None = None, xml_name: str = OPENVINO_FILE,
 ) -> TextExportInfo:
-    """Export the classifier in ``model_dir`` to OpenVINO IR with optimum-intel; weights FP32 unless ``fp16``."""
+    """Export the classifier in ``model_dir`` to OpenVINO IR ``out_dir/xml_name`` with optimum-intel; weights FP32
+    unless ``fp16``; ``metadata`` in the IR's rt_info. ``out_dir`` is replaced whole, once everything is written."""
     exporter = _require("optimum.exporters.openvino", "optimum-intel")
     model = load_text_classifier(model_dir)
     start = time.perf_counter()
@@ -131,12 +142,22 @@ def export_openvino_optimum(
                 f"files: {sorted(p.name for p in stage.iterdir())}"
             )
         _finish(model_dir, stage)
+        if metadata or xml_name != OPENVINO_FILE:
+            import openvino as ov
+
+            ir = ov.Core().read_model(str(stage / OPENVINO_FILE))
+            for name, value in (metadata or {}).items():
+                ir.set_rt_info(value, ["model_info", name])
+            ov.save_model(ir, str(stage / f".{xml_name}"), compress_to_fp16=fp16)
+            for suffix in (".xml", ".bin"):
+                (stage / OPENVINO_FILE).with_suffix(suffix).unlink()
+                (stage / f".{xml_name}").with_suffix(suffix).rename((stage / xml_name).with_suffix(suffix))
     import openvino as ov
 
     out = Path(out_dir)
-    ov_model = ov.Core().read_model(str(out / OPENVINO_FILE))
+    ov_model = ov.Core().read_model(str(out / xml_name))
     return TextExportInfo(
-        folder=str(out), model_file=str(out / OPENVINO_FILE), format="openvino", precision="fp16" if fp16 else "fp32",
+        folder=str(out), model_file=str(out / xml_name), format="openvino", precision="fp16" if fp16 else "fp32",
         inputs=[p.get_any_name() for p in ov_model.inputs], files=sorted(p.name for p in out.iterdir()),
         seconds=round(time.perf_counter() - start, 2), exporter=f"optimum-intel {_version('optimum-intel')}",
     )  # fmt: skip
@@ -150,9 +171,7 @@ def _staging(out_dir: str | os.PathLike) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield stage
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
+        replace_dir(stage, out)
     finally:
         if stage.exists():
             shutil.rmtree(stage)
@@ -310,24 +329,11 @@ def export_text(model_folder: Path, fmt: str, out_dir: Path, export_config, meta
 
     strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     if fmt == "onnx":
-        info = export_onnx_optimum(model_folder, out_dir, opset=max(export_config.opset, DEFAULT_OPSET))
-        import onnx
-
-        proto = onnx.load(info.model_file)
-        onnx.helper.set_model_props(proto, strings)
-        onnx.save(proto, info.model_file)
+        info = export_onnx_optimum(model_folder, out_dir, opset=max(export_config.opset, DEFAULT_OPSET),
+                                   metadata=strings)
     elif fmt == "openvino":
-        info = export_openvino_optimum(model_folder, out_dir, fp16=export_config.compress_to_fp16)
-        import openvino as ov
-
-        model = ov.Core().read_model(str(out_dir / OPENVINO_FILE))
-        for name, value in strings.items():
-            model.set_rt_info(value, ["model_info", name])
-        ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=export_config.compress_to_fp16)
-        for suffix in (".xml", ".bin"):
-            (out_dir / OPENVINO_FILE).with_suffix(suffix).unlink()
-        info.model_file = str(out_dir / "model.xml")
-        info.files = sorted(p.name for p in out_dir.iterdir())
+        info = export_openvino_optimum(model_folder, out_dir, fp16=export_config.compress_to_fp16, metadata=strings,
+                                       xml_name="model.xml")
     else:
         raise ExportError(f"export.formats: {fmt!r} is not a text export; use onnx or openvino")
     return info.to_dict()

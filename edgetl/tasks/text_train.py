@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import read_json, write_json
+from .._io import read_json, recover_dir, replace_dir, write_json
 from ..data.text_batches import clipped_lengths, predict_torch, run_sorted, train_batches
 from ..errors import DataError
 from ..preprocess import TextPreprocess
@@ -30,11 +30,16 @@ def save_text_checkpoint(out_dir: Path, model, meta: dict[str, Any], tokenizer_d
     from ..backbones.bert import save_text_classifier
 
     folder, staging = out_dir / MODEL_DIR, out_dir / f".{MODEL_DIR}.partial"
+    if staging.exists():  # what a killed save left
+        shutil.rmtree(staging)
     save_text_classifier(model, staging, tokenizer_dir=tokenizer_dir)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    replace_dir(staging, folder)
     write_json(out_dir / META_FILE, meta)
+
+
+def text_model_dir(out_dir: str | Path) -> Path:
+    """``out_dir/model``, put back first if a save was killed between swapping the old folder out and the new in."""
+    return recover_dir(Path(out_dir) / MODEL_DIR)
 
 
 def load_text_checkpoint(path: str | Path):
@@ -42,7 +47,7 @@ def load_text_checkpoint(path: str | Path):
     from ..backbones.bert import load_text_classifier
 
     path = Path(path)
-    if not (path / META_FILE).is_file() or not (path / MODEL_DIR / "config.json").is_file():
+    if not (path / META_FILE).is_file() or not (text_model_dir(path) / "config.json").is_file():
         raise DataError(f"no text checkpoint in {path}; run `edgetl finetune` (or `edgetl distill`) first")
     return load_text_classifier(path / MODEL_DIR), read_json(path / META_FILE)
 
@@ -115,7 +120,7 @@ class TextTrainHooks:
         model.load_state_dict(load_file(str(Path(out_dir) / MODEL_DIR / "model.safetensors")))
 
     def has_checkpoint(self, out_dir: Path) -> bool:
-        return (Path(out_dir) / MODEL_DIR / "config.json").is_file()
+        return (text_model_dir(out_dir) / "config.json").is_file()
 
     def meta(self, model: nn.Module) -> dict[str, Any]:
         return {"kind": "text", "backbone": self.recipe.model.backbone, "base_model": str(self.base_dir),
