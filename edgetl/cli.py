@@ -76,6 +76,7 @@ def _context(recipe: Path | None, overrides: list[str] | None, quiet: bool):
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides)
+    pipeline.lock.acquire(loaded.run_dir)  # held until this process ends: one process per run folder
     return pipeline, pipeline.RunContext(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
 
 

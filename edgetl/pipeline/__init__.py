@@ -15,6 +15,7 @@ Modules: ``context`` (RunContext), ``plan`` (the artifact plan), ``artifacts`` (
 """
 
 from .artifacts import made
+from . import lock
 from .context import RunContext
 from .plan import Planned, plan
 from .run import run

@@ -8,15 +8,22 @@ from typing import Any, Callable
 from .._io import write_json
 from ..settings import Recipe
 from .context import RunContext
+from .lock import run_lock
 from .select import distill_summary, select, summary_rows
 from .ship import ship_stage
 from .stages import bench_stage, distill_stage, export_stage, finetune_stage, quantize_stage, validate_stage
 
 
 def run(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole pipeline on one recipe; returns the run summary (also written to ``summary.json``)."""
-    start = time.perf_counter()
-    ctx = RunContext(recipe, progress=progress, log=log)
+    """The whole pipeline on one recipe; returns the run summary (also written to ``summary.json``).
+
+    Holds the run folder's lock throughout: a second process on the same run is refused (RunLocked)."""
+    with run_lock(recipe.run_dir):
+        return _run(RunContext(recipe, progress=progress, log=log))
+
+
+def _run(ctx: RunContext) -> dict[str, Any]:
+    start, recipe = time.perf_counter(), ctx.recipe
     stage_seconds: dict[str, float] = {}
 
     def timed(name: str, fn, *args):
