@@ -184,7 +184,27 @@ def test_failed_pre_processing_falls_back_to_the_raw_graph_and_says_so(trained, 
     info = quantize_file(trained["onnx"], "onnx-int8-dynamic", tmp_path,
                          config=dataclasses.replace(CONFIG, onnx_preprocess=True))
     assert info.settings["preprocessed"] is False
-    assert any("quant_pre_process failed (symbolic shape inference failed)" in note for note in info.notes)
+    assert any("quant_pre_process failed (symbolic shape inference failed; without symbolic shapes: symbolic shape "
+               "inference failed)" in note for note in info.notes), info.notes
+
+
+def test_pre_processing_retries_without_symbolic_shapes(trained, tmp_path, monkeypatch):
+    import dataclasses
+
+    import onnxruntime.quantization as ortq
+
+    real = ortq.quant_pre_process
+
+    def symbolic_fails(source, target, skip_symbolic_shape=False, **kwargs):
+        if not skip_symbolic_shape:
+            raise RuntimeError("Incomplete symbolic shape inference")
+        return real(source, target, skip_symbolic_shape=True, **kwargs)
+
+    monkeypatch.setattr(ortq, "quant_pre_process", symbolic_fails)
+    info = quantize_file(trained["onnx"], "onnx-int8-dynamic", tmp_path,
+                         config=dataclasses.replace(CONFIG, onnx_preprocess=True))
+    assert info.settings["preprocessed"] is True
+    assert any("symbolic shape inference failed (Incomplete symbolic shape inference)" in n for n in info.notes)
 
 
 def test_failure_keeps_what_was_already_written(trained, tmp_path):

@@ -74,8 +74,21 @@ def _preprocessed(source: Path, work: Path, config) -> tuple[Path, list[str]]:
     try:
         quantization.quant_pre_process(str(source), str(target))
         return target, []
-    except Exception as exc:  # the step is an optimisation: fall back to the raw graph and say so
-        return source, [f"quant_pre_process failed ({str(exc).splitlines()[0][:120]}); quantized the raw graph"]
+    except Exception as exc:  # the step is an optimisation: retry without its symbolic part, else the raw graph
+        first = _first_line(exc)
+    try:
+        # Measured on the banking77 MiniLM (whose symbolic shape inference fails): dynamic INT8 of this graph and
+        # of the raw one agree identically with FP32 (96.5% on 600 test texts); it spares ORT's pre-process warning.
+        quantization.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+        return target, [f"quant_pre_process: symbolic shape inference failed ({first}); pre-processed with ONNX "
+                        "shape inference only"]
+    except Exception as exc:
+        return source, [f"quant_pre_process failed ({first}; without symbolic shapes: {_first_line(exc)}); "
+                        "quantized the raw graph"]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 class _Reader:
