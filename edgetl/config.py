@@ -1,8 +1,8 @@
 """One typed TOML -> dataclass loader, for recipes and target profiles.
 
-A dataclass's type hints say what each key takes: ``int``, ``float`` (an int is accepted), ``bool`` (only
-``true``/``false``), ``str``, ``list[...]``, nested dataclasses, ``X | None`` (absent = the default), and choices
-as ``Literal[...]`` or a ``StrEnum``. Ranges and other per-value checks ride on the field
+A dataclass's type hints say what each key takes: ``int``, ``float`` (an int is accepted; nan and inf are not),
+``bool`` (only ``true``/``false``), ``str``, ``list[...]``, nested dataclasses, ``X | None`` (absent = the default),
+and choices as ``Literal[...]`` or a ``StrEnum``. Ranges and other per-value checks ride on the field
 (``ranged(0.1, gt=0, lt=1)``, ``checked("", plain_folder_name)``). Every error is one line that names the full
 key, e.g. ``data.val_fraction must be > 0 and < 1, got 1.5``.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -170,6 +171,8 @@ class _Loader:
             return hint(value)
         if hint is float and type(value) is int:
             return float(value)
+        if hint is float and type(value) is float and not math.isfinite(value):  # TOML has nan and inf
+            raise self.fail(f"{key} must be a finite number, got {value!r}")
         if hint is Any:
             return value
         if type(value) is not hint:

@@ -195,7 +195,10 @@ def load_bundle(
         preprocess = load_preprocess(json.loads((root / "preprocess.json").read_text()), root=root)
         if check_files:  # e.g. a tokenizer
             _check_files(root, manifest, preprocess.required_files())
-        runner = _open(root / model_file(entry), runtime or entry["runtime"], threads, fallback=runtime is None)
+        model = root / model_file(entry)
+        # A manifest without the artifact's runtime (hand-edited, or older) runs on its format's CPU default.
+        runner = _open(model, runtime or entry.get("runtime") or backend_for_file(model), threads,
+                       fallback=runtime is None)
     except BaseException as exc:
         if workdir is not None:
             workdir.cleanup()
@@ -213,7 +216,11 @@ def select_artifact(manifest: dict[str, Any], runtime: str | None = None, artifa
             raise BundleError(f"no artifact {artifact!r} in this bundle; it has {', '.join(artifacts)}")
         return artifact
     if runtime is None:
-        return manifest["default_artifact"]
+        default = manifest.get("default_artifact")
+        if default not in artifacts:
+            raise BundleError(f"manifest.json's default_artifact {default!r} is not among its artifacts "
+                              f"({', '.join(artifacts)}); choose one with --runtime, or re-ship the bundle")
+        return default
     exact = [name for name, entry in artifacts.items() if entry.get("runtime") == runtime]
     if exact:
         return exact[0]
@@ -222,7 +229,7 @@ def select_artifact(manifest: dict[str, Any], runtime: str | None = None, artifa
         # Same format on another device (e.g. openvino:GPU for an artifact validated on openvino:CPU).
         matches = [name for name, entry in artifacts.items() if entry.get("format") == fmt]
         if matches:
-            return manifest["default_artifact"] if manifest["default_artifact"] in matches else matches[0]
+            return manifest.get("default_artifact") if manifest.get("default_artifact") in matches else matches[0]
     raise BundleError(
         f"no artifact in this bundle runs on {runtime}; it has "
         + ", ".join(f"{name} ({entry.get('runtime')})" for name, entry in artifacts.items())

@@ -17,8 +17,8 @@ from typing import Any
 from .config import field_hint, is_list, load
 from .errors import RecipeError
 from .settings import (  # noqa: F401  (the recipe's sections, importable from here too)
-    MODEL_KEYS, SEED_MAX, BenchConfig, DataConfig, DistillConfig, ExportConfig, FinetuneConfig, GateConfig,
-    ModelConfig, QuantizeConfig, Recipe, RunConfig, ShipConfig, TextConfig, ValidateConfig,
+    MODEL_KEYS, SEED_MAX, WEIGHT_SOURCES, BenchConfig, DataConfig, DistillConfig, ExportConfig, FinetuneConfig,
+    GateConfig, ModelConfig, QuantizeConfig, Recipe, RunConfig, ShipConfig, TextConfig, ValidateConfig,
 )
 
 
@@ -39,9 +39,15 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             path = named_recipe(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, "
+                              "as TOML requires") from None
+        except OSError as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}; check that it is a readable "
+                              "file") from None
     for item in overrides or []:
         _apply_override(data, item)
     recipe = load(Recipe, data, error=RecipeError, noun="recipe key", renamed=RENAMED)
@@ -101,12 +107,24 @@ def check_names(recipe: Recipe) -> None:
 
     task = TASKS.get(recipe.model.task, key="model.task")
     SOURCES.get(recipe.data.source, key="data.source")
+    check_weights(recipe.model.weights, hub_ids=task.kind == "text")
     for i, method in enumerate(recipe.quantize.methods):
         QUANTIZERS.get(method, key=f"quantize.methods[{i}]")
     for section in ("export", "ship"):
         for i, fmt in enumerate(getattr(recipe, section).formats):
             FORMATS.get(fmt, key=f"{section}.formats[{i}]")
     task.check_recipe(recipe)
+
+
+def check_weights(weights: str, *, hub_ids: bool) -> None:
+    """model.weights names a source, or a file or folder that exists now rather than after the data has loaded
+    (``hub_ids``: an owner/name Hugging Face id is fine too, as text models take one)."""
+    if weights in WEIGHT_SOURCES or Path(weights).expanduser().exists():
+        return
+    if hub_ids and weights.count("/") == 1 and not weights.startswith((".", "/", "~")):
+        return
+    raise RecipeError(f"model.weights {weights!r} is not a file or folder here; give an existing weights path or "
+                      f"one of {', '.join(map(repr, WEIGHT_SOURCES))}")
 
 
 # Recipes that can be named instead of given as a path (`edgetl run banking77`): shipped inside the package.

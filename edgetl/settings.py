@@ -18,6 +18,7 @@ from .config import checked, not_empty, plain_folder_name, plain_folder_name_or_
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 MODEL_KEYS = ("teacher", "student")
+WEIGHT_SOURCES = ("package", "hub", "none")  # model.weights names; anything else is a path (or, for text, a hub id)
 
 
 @dataclass
@@ -30,7 +31,9 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
-    weights: str = "package"  # "package", "hub", a local file, or "none" for random init
+    # "package", "hub", "none" (random init), a local file (a Hugging Face folder or hub id for text); checked by
+    # edgetl.recipe.check_names, which knows the task
+    weights: str = checked("package", not_empty)
     image_size: int = ranged(64, ge=16)  # Fashion-MNIST's 28 px upscaled; the backbone's own default is 224
     # A registered task (edgetl.tasks.TASKS): "image-classification" or "text-classification" (a BERT-family
     # encoder; backbone: a registered name, folder or hub id).

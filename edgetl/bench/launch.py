@@ -86,8 +86,11 @@ def run_agent(profile: TargetProfile, request: dict[str, Any], bundle_root: Path
     # Past the agent's own limit the host gives ssh time to connect and copy, then stops it.
     deadline = request["timeout_s"] + profile.connection.connect_timeout_s + 60
     with tempfile.TemporaryDirectory(prefix="edgetl-target-") as tmp:
-        argv, archive = agent_command(profile, request, bundle_root, probe=probe, trust_new_host=trust_new_host,
-                                      workdir=Path(tmp))
+        try:
+            argv, archive = agent_command(profile, request, bundle_root, probe=probe, trust_new_host=trust_new_host,
+                                          workdir=Path(tmp))
+        except RemoteError as exc:  # no ssh client, a missing key file: this target fails, the others go on
+            return events, RemoteError(f"target {profile.name} ({profile.address}): {exc}", kind=exc.kind)
         with open(archive, "rb") if archive else open(os.devnull, "rb") as stdin:
             _, code, stderr = run_streaming(argv, timeout_s=deadline, stdin=stdin, on_line=on_line)
     return events, _failure(profile, events, code, stderr)

@@ -8,6 +8,7 @@ size. Nothing here asks which modality a bundle holds: inputs are one array or n
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,7 @@ def load_bundle(root: Path) -> BundleData:
     manifest = read_manifest(root)
     data = None
     if (manifest.get("validation_slice") or {}).get("file") == SLICE_FILE:
-        with np.load(root / SLICE_FILE) as npz:
-            data = {key: npz[key] for key in npz.files}
+        data = _read_slice(root, manifest)
     gates = [e.get("validation", {}).get("gate") for e in manifest["artifacts"].values()]
     timed = BENCH_FILE if BENCH_FILE in manifest["files"] else SLICE_FILE if data is not None else None
     if timed is None and not manifest.get("input_shape"):
@@ -61,8 +61,26 @@ def load_bundle(root: Path) -> BundleData:
     return BundleData(root, manifest, data, next((g for g in gates if g), None), timed)
 
 
+def _read_slice(root: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The validation slice's arrays, after checking the file against the manifest (a damaged slice would judge
+    every device wrongly)."""
+    from .._io import sha256_file
+    from ..bundle import SLICE_FILE
+
+    path = root / SLICE_FILE
+    fix = "run `edgetl verify` on the bundle, and re-ship it (`edgetl ship`)"
+    if not path.is_file() or sha256_file(path) != (manifest["files"].get(SLICE_FILE) or {}).get("sha256"):
+        raise BundleError(f"the bundle's {SLICE_FILE} is missing or does not match the manifest; {fix}")
+    try:
+        with np.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"the bundle's {SLICE_FILE} does not load ({exc}); {fix}") from None
+
+
 def plan_runs(bundle: BundleData, profile: TargetProfile) -> tuple[list[dict[str, Any]], list[RuntimeResult]]:
     """Which artifact each of the profile's runtimes runs: (agent runs, runtimes with nothing to run)."""
+    from ..bundle import model_file
     from ..predict import select_artifact
 
     runs, missing = [], []
@@ -73,7 +91,8 @@ def plan_runs(bundle: BundleData, profile: TargetProfile) -> tuple[list[dict[str
             missing.append(RuntimeResult(runtime, f"not available: {exc}"))
             continue
         entry = bundle.manifest["artifacts"][name]
-        runs.append({"runtime": runtime, "artifact": name, "model": entry["model_file"], "files": entry["files"]})
+        runs.append({"runtime": runtime, "artifact": name, "model": entry.get("model_file") or model_file(entry),
+                     "files": entry["files"]})
     return runs, missing
 
 

@@ -103,7 +103,9 @@ def bench_targets(
         raise EdgetlError("no targets given; pass --target NAME (see `edgetl targets list`)")
     names = [p.name for p in profiles]
     if len(set(names)) != len(names):
-        raise EdgetlError(f"target names must be unique, got {names}")
+        raise EdgetlError(f"target names must be unique, got {names}; pass each target once")
+    if json_path is not None and Path(json_path).is_dir():  # found now, not after every target was measured
+        raise EdgetlError(f"--json {json_path} is a folder; give a file path, e.g. {Path(json_path) / 'bench.json'}")
     path = Path(bundle)
     if not path.exists():
         raise BundleError(f"bundle not found: {path}; give a bundle folder or its .tar.gz (`edgetl ship` makes them)")

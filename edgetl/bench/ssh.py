@@ -48,7 +48,11 @@ def ssh_argv(connection: Connection, remote_command: str, *, trust_new_host: boo
         "-o", "LogLevel=ERROR",
     ]
     if connection.key:
-        argv += ["-i", str(Path(connection.key).expanduser()), "-o", "IdentitiesOnly=yes"]
+        key = Path(connection.key).expanduser()
+        if not key.is_file():  # ssh would only warn, then fail to authenticate (or hang on an unreachable host)
+            raise RemoteError(f"ssh: connection.key {connection.key} does not exist ({key}); point connection.key "
+                              "at a private key file, or leave it empty for ssh's default keys", kind="auth")
+        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
     destination = f"{connection.user}@{connection.host}" if connection.user else connection.host
     # "--" ends ssh's options, so a host name starting with "-" cannot become one.
     return [*argv, "--", destination, remote_command]

@@ -55,7 +55,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """Load and shape-check ``root/manifest.json``; BundleError says what is wrong."""
     path = root / MANIFEST
     if not path.is_file():
-        raise BundleError(f"{path} is missing: is {root} an edgetl bundle?")
+        raise BundleError(f"{path} is missing, so {root} is not an edgetl bundle (or a damaged one); give the folder "
+                          "or .tar.gz that `edgetl ship` wrote")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -9,6 +9,7 @@ import json
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -64,8 +65,10 @@ def extract_archive(archive: Path, destination: Path) -> Path:
             if len(tops) != 1:
                 raise BundleError(f"{archive}: expected one top-level bundle folder, found {sorted(tops) or 'none'}")
             tar.extractall(destination, filter="data")  # belt and braces on top of the checks above
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"cannot read bundle archive {archive}: {exc}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        reason = str(exc).splitlines()[0].rstrip(":") or type(exc).__name__  # tarfile lists every method it tried
+        raise BundleError(f"cannot read bundle archive {archive} ({reason}); copy it again or re-ship it with "
+                          "`edgetl ship`") from None
     root = destination / tops.pop()
     if not root.is_dir():
         raise BundleError(f"{archive}: the archive holds a file, not a bundle folder")

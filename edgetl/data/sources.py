@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, RecipeError
+from ..preprocess.image import IMAGE_SUFFIXES
 from .dataset import LabeledImages, Splits, split_stratified, stratified_indices
 from .registry import SOURCES
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_REINSTALL = "reinstall them (`apt-get install --reinstall dataset-fashion-mnist`) or point data.path at intact copies"
 
 # -- Fashion-MNIST ------------------------------------------------------------------------
 
@@ -50,14 +51,17 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}; the file may be truncated, reinstall it") from None
+        raise DataError(f"cannot read IDX file {path}: {exc}; the file may be truncated, {_REINSTALL}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number); {_REINSTALL}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} ends inside its IDX header; the file is truncated, {_REINSTALL}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"{path} holds {data.size} values but its header says {shape}; the file is truncated")
+        raise DataError(f"{path} holds {data.size} values but its header says {shape}; the file is truncated, "
+                        f"{_REINSTALL}")
     return data.reshape(shape)
 
 
@@ -66,10 +70,15 @@ def read_fashion_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray
     files = {kind: _idx_file(folder, f"{prefix}-{kind}-idx{dim}-ubyte") for kind, dim in (("images", 3), ("labels", 1))}
     for kind, file in files.items():
         if file is None:
-            raise DataError(f"{folder} lacks {prefix}-{kind} IDX file; reinstall dataset-fashion-mnist")
+            raise DataError(f"{folder} lacks {prefix}-{kind} IDX file; {_REINSTALL}")
     images, labels = read_idx(files["images"]), read_idx(files["labels"])
+    for kind, array, ndim, wanted in (("images", images, 3, "28x28 images"), ("labels", labels, 1, "labels")):
+        if array.ndim != ndim:
+            raise DataError(f"{files[kind]} holds a {array.ndim}-d array, not {wanted}; are the IDX files swapped? "
+                            f"{_REINSTALL}")
     if len(images) != len(labels):
-        raise DataError(f"{folder}: {len(images)} {prefix} images but {len(labels)} labels")
+        raise DataError(f"{folder}: {len(images)} {prefix} images but {len(labels)} labels; the IDX files do not "
+                        f"belong together, {_REINSTALL}")
     return images, labels.astype(np.int64)
 
 
@@ -104,10 +113,12 @@ def _resized(images: np.ndarray, labels: np.ndarray, preprocess) -> LabeledImage
 def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     """Files and labels of an image-folder dataset: ``root/<class>/<image>``, classes sorted by name."""
     if not root.is_dir():
-        raise DataError(f"image folder not found: {root}; expected one sub-folder per class")
+        problem = f"image folder {root} is a file" if root.exists() else f"image folder not found: {root}"
+        raise DataError(f"{problem}; data.path must be a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise DataError(f"{root} has {len(classes)} class sub-folder(s); an image folder needs at least 2")
+        raise DataError(f"{root} has {len(classes)} class sub-folder(s); an image folder needs at least 2, one "
+                        f"sub-folder per class holding its images ({root}/<class>/<image>.jpg)")
     files, labels = [], []
     for label, name in enumerate(classes):
         found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -140,6 +151,7 @@ def folder_splits(config, preprocess) -> Splits:
 def _load_folder(root: Path, preprocess, expected_classes: list[str] | None = None) -> LabeledImages:
     files, labels, classes = scan_image_folder(root)
     if expected_classes is not None and classes != expected_classes:
-        raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}")
+        raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}; give it the "
+                        "same class sub-folders")
     return LabeledImages(np.stack([preprocess.resize(path) for path in files]), labels, classes)
 

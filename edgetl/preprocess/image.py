@@ -13,6 +13,8 @@ import numpy as np
 from ..errors import DataError
 
 _RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
+# Files read as images (image-folder datasets); a text bundle refuses them as texts.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class ImagePreprocess:
             image = Image.fromarray(array)
         elif not isinstance(image, Image.Image):
             image = _open_image(image)
-        image = image.convert("RGB" if self.channels == 3 else "L")
+        image = _to_8_bit(image).convert("RGB" if self.channels == 3 else "L")
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), _RESAMPLE[self.resample])
         array = np.asarray(image, dtype=np.uint8)
@@ -150,6 +152,19 @@ class ImagePreprocess:
         return cls(**known)
 
 
+def _to_8_bit(image):
+    """16-bit grayscale (PNG, TIFF: modes I;16*, or I holding values above 255) scaled to 8 bits; Pillow's own
+    conversion clips instead, turning almost every 16-bit image white."""
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    array = np.asarray(image).astype(np.int64)
+    if image.mode.startswith("I;16") or array.max(initial=0) > 255:
+        array = array >> 8
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
 def _open_image(path: Any):
     from PIL import Image, UnidentifiedImageError
 
@@ -159,5 +174,10 @@ def _open_image(path: Any):
             return image
     except FileNotFoundError:
         raise DataError(f"image not found: {path}; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not an image; pass the image files in it (e.g. {path}/*.jpg)") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} is too large to open safely ({exc}); this is Pillow's decompression-bomb "
+                        "limit: downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; is it a valid PNG/JPEG file?") from None

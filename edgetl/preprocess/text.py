@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, DataError, RecipeError
+from .image import IMAGE_SUFFIXES
 
 TOKENIZER_FILE = "tokenizer.json"
 # Files a Hugging Face tokenizer folder may hold; exports copy the ones present beside the model.
@@ -172,6 +173,9 @@ class TextPreprocess:
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise DataError(f"text #{position} is a {type(text).__name__}, not a string")
+            if Path(text).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(text):  # a silent nonsense answer
+                raise DataError(f"{text} is an image file, but this model classifies texts; pass the texts "
+                                "themselves (or use an image bundle)")
         return [text.lower() for text in texts] if self.lowercase else texts
 
     # -- saving -----------------------------------------------------------------------------
