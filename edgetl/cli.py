@@ -39,8 +39,18 @@ def main() -> None:
 
     Errors edgetl raises on purpose (EdgetlError) say what to do; anything else is logged with its traceback
     (errorlog) and named in one line, unless ``--debug`` / ``EDGETL_DEBUG=1`` asks for the traceback itself."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back here, to be printed as one line
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClickException as exc:  # a usage error: unknown option, missing argument, bad value
+        command = getattr(getattr(exc, "ctx", None), "command_path", "edgetl")
+        _fail(f"{exc.format_message().rstrip('.')}; see `{command} --help`", exc.exit_code)
     except EdgetlError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -215,8 +225,9 @@ def bench(
         out.print(note, highlight=False, soft_wrap=True)
     if json_out is not None:
         out.print(f"results: {json_out}")
-    if not report.ok or not report.measured:  # a failed target, a failed check, or nothing timed anywhere
-        raise typer.Exit(1)
+    failure = report.failure()  # a failed target, a failed check, or nothing timed anywhere
+    if failure:
+        _fail(failure, 1)
 
 
 targets_app = typer.Typer(help="Target devices: list, show and check the profiles in targets/.", no_args_is_help=True)
@@ -288,10 +299,10 @@ def verify(
 
     report = verify_bundle(bundle, load=load)
     if not report.ok:
-        for problem in report.problems:
-            err.print(f"[red]problem:[/] {escape(problem)}", highlight=False)
-        err.print(f"[bold red]error:[/] {bundle} failed verification; re-ship it with `edgetl ship`")
-        raise typer.Exit(1)
+        for problem in report.problems:  # every problem on stdout; stderr gets the one-line verdict
+            out.print(f"problem: {problem}", highlight=False, soft_wrap=True, markup=False)
+        more = f" (and {len(report.problems) - 1} more problem(s) above)" if len(report.problems) > 1 else ""
+        _fail(f"{bundle} failed verification: {report.problems[0]}{more}; re-ship it with `edgetl ship`", 1)
     out.print(f"ok: {bundle} ({report.checked_files} files checked)")
 
 

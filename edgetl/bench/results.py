@@ -75,6 +75,21 @@ class TargetsReport:
         skipped targets only (``cuda-gpu`` on a machine without a GPU) measured nothing."""
         return any(rt.stats for r in self.results.values() for rt in r.runtimes)
 
+    def failure(self) -> str | None:
+        """Why ``edgetl bench --target`` fails, in one line (None when it does not): the failed targets, the
+        runtimes that failed the device-side validation, or that nothing was measured anywhere."""
+        failed = [f"{r.target} ({r.error})" for r in self.results.values() if r.error and r.error_kind != "runtime"]
+        failed += [f"{r.target} {rt.runtime} (failed the validation check on the device)" for r in self.results.values()
+                   for rt in r.runtimes if rt.validation is not None and not rt.validation["passed"]]
+        if failed:
+            return (f"{len(failed)} target run(s) failed: {'; '.join(failed)}; fix the target (edgetl targets check "
+                    "NAME) or the bundle and rerun")
+        if not self.measured:
+            why = "; ".join(f"{r.target}: {rt.status}" for r in self.results.values() for rt in r.runtimes
+                            if not rt.ok) or "no runtime ran"
+            return f"nothing was measured on any target ({why}); pick a target whose runtimes exist here"
+        return None
+
     def rows(self, *, wide: bool = False) -> list[dict[str, Any]]:
         """The merged table: one row per target, runtime and batch size. ``wide`` adds min, mean and std."""
         return [row for result in self.results.values() for row in target_rows(result, wide=wide)]
