@@ -48,7 +48,8 @@ def one_line(exc: BaseException, log: Path | None) -> str:
     type and points at the log."""
     text = " ".join(str(exc).split()) or "(no message)"
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        where = f" writing {exc.filename}" if exc.filename else ""
+        target = exc.filename2 or exc.filename  # a failed copy names its source first, the file written second
+        where = f" writing {target}" if target else ""
         return (f"disk full{where} ({os.strerror(exc.errno)}); free some space (or raise the file-size limit) and "
                 "rerun the same command: completed stages and earlier files are kept")
     if isinstance(exc, MemoryError):

@@ -42,3 +42,19 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
     process = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(60)", "pass"), str(tmp_path / "run")],
                              capture_output=True, text=True)
     assert process.returncode == 0, process.stderr  # another process may take it now
+
+
+def test_taking_the_lock_sweeps_what_killed_processes_left(tmp_path):
+    run = tmp_path / "run"
+    (run / "artifacts" / "onnx-int8-static" / ".onnx-int8-static.abc").mkdir(parents=True)  # quantizer scratch
+    (run / "artifacts" / "onnx-int8-static" / ".export.json.x1.tmp").write_text("{half")
+    (run / "artifacts" / "onnx-int8-static" / "export.json").write_text("{}")
+    (run / "finetune" / ".model.old").mkdir(parents=True)  # a swap killed between its two renames
+    (run / "finetune" / ".model.old" / "config.json").write_text("{}")
+    (run / "distill" / ".model.old").mkdir(parents=True)  # ... and one whose new folder did arrive
+    (run / "distill" / "model").mkdir()
+    with run_lock(run):
+        hidden = sorted(str(p.relative_to(run)) for p in run.rglob(".*"))
+    assert hidden == [LOCK_FILE]
+    assert (run / "finetune" / "model" / "config.json").is_file()  # put back, not deleted
+    assert (run / "artifacts" / "onnx-int8-static" / "export.json").is_file()

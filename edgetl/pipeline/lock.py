@@ -1,7 +1,7 @@
 """One process at a time per run folder: an advisory lock on ``runs/<name>/.lock``.
 
 The operating system drops the lock when its process ends, however it ends (SIGKILL included), so a killed run
-never leaves a stale lock behind. The file holds the holder's pid and command line, which a refused second
+never leaves a stale lock behind; what it left half-written (hidden work files) is swept when the lock is taken. The file holds the holder's pid and command line, which a refused second
 process names. Where ``fcntl`` does not exist (Windows) runs are not guarded.
 """
 
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import IO, Iterator
 
+from .._io import recover_dir
 from ..errors import EdgetlError
 
 LOCK_FILE = ".lock"
@@ -49,6 +51,25 @@ def acquire(run_dir: Path) -> None:
     handle.write(f"pid {os.getpid()}: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}\n")
     handle.flush()
     _held[key] = (handle, 1)
+    sweep(key)
+
+
+def sweep(run_dir: Path) -> list[Path]:
+    """Remove what killed processes left in the run folder: hidden work files and folders (temporary writes,
+    staging folders, quantizer scratch). Only the lock holder writes here, so with the lock held, every one is
+    stale. A folder renamed aside by ``replace_dir`` whose replacement never arrived is put back instead."""
+    removed = []
+    for folder, dirs, files in os.walk(run_dir):
+        hidden = [name for name in (*dirs, *files) if name.startswith(".") and name != LOCK_FILE]
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in hidden:
+            path = Path(folder) / name
+            if name.endswith(".old") and path.is_dir() and not (Path(folder) / name[1:-4]).exists():
+                recover_dir(Path(folder) / name[1:-4])
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def release(run_dir: Path) -> None:
