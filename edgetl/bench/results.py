@@ -56,11 +56,14 @@ class TargetResult:
 
 @dataclass
 class TargetsReport:
-    """All targets' results; ``rows()`` is the merged table."""
+    """All targets' results; ``rows()`` is the merged table. ``bundle`` is what was benched (a bundle, or a bare
+    model file, whose ``remarks`` say what was timed and ``unvalidated`` why nothing was validated)."""
 
     bundle: str
     results: dict[str, TargetResult] = field(default_factory=dict)
     created: str = ""
+    remarks: list[str] = field(default_factory=list)
+    unvalidated: str = "the bundle has no validation slice"
 
     @property
     def ok(self) -> bool:
@@ -111,11 +114,13 @@ class TargetsReport:
         return picks
 
     def notes(self) -> list[str]:
-        """Per target the pick, then one line per runtime that did not run and per target that failed, saying why."""
+        """The remarks, per target the pick, then one line per runtime that did not run and per target that
+        failed, saying why."""
         results = self.results.values()
-        lines = [f"{name}: use {c['artifact']} on {c['runtime']} ({c['median_ms']:.3g} ms at batch {c['batch_size']}"
-                 f"{'' if c['validated'] else ', not validated: the bundle has no validation slice'})"
-                 if c["artifact"] else f"{name}: nothing to use: {c['reason']}" for name, c in self.choices().items()]
+        lines = list(self.remarks)
+        lines += [f"{name}: use {c['artifact']} on {c['runtime']} ({c['median_ms']:.3g} ms at batch {c['batch_size']}"
+                  f"{'' if c['validated'] else f', not validated: {self.unvalidated}'})"
+                  if c["artifact"] else f"{name}: nothing to use: {c['reason']}" for name, c in self.choices().items()]
         lines += [f"{r.target} {rt.runtime}: {rt.status}" for r in results for rt in r.runtimes if not rt.ok]
         lines += [f"{r.target}: error: {r.error}" for r in results if r.error and r.error_kind != "runtime"]
         lines += [f"{r.target}: EMULATED on this machine ({r.emulation}), a stand-in, not the device itself"

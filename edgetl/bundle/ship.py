@@ -64,6 +64,7 @@ def ship(
     recipe_hash: str,
     card: dict[str, Any],
     data_sha256: str | None = None,
+    source_model: dict[str, str] | None = None,
     validation_slice: ValidationSlice | None = None,
     default: str | None = None,
     extra_files: dict[str, Path] | None = None,
@@ -77,7 +78,8 @@ def ship(
     complete, so a failure leaves an older bundle of the same name as it was.
 
     ``data_sha256`` (the content hash of the data the models were trained and validated on) goes into the
-    manifest beside ``recipe_hash``: together they say what the bundle was made from.
+    manifest beside ``recipe_hash``: together they say what the bundle was made from; ``source_model`` ({"file",
+    "sha256"}) names the user's own model file a bundle was optimized from.
     ``validation_slice`` is shipped as ``validation/slice.npz`` for checking the models on each target device;
     ``bench_inputs`` (preprocessed model inputs, one array or {input name: array}) as ``validation/bench.npz``
     for timing them there, described in the manifest by ``bench_description`` (e.g. "test texts of 13 tokens
@@ -119,6 +121,7 @@ def ship(
             "runtime_versions": runtime_versions(),
             "recipe_hash": recipe_hash,
             **({"data_sha256": data_sha256} if data_sha256 else {}),
+            **({"source_model": source_model} if source_model else {}),
             "num_labels": len(labels),
             "kind": preprocess.kind,
             "preprocessing": preprocess.describe(),

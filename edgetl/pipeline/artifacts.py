@@ -36,8 +36,8 @@ def ensure(ctx: RunContext, artifact: Planned) -> dict[str, Any] | None:
             return None
     else:
         ctx.log(f"export: {artifact.name}")
-        info = ctx.task.export(ctx, artifact.model, artifact.kind, folder,
-                               lambda fmt: artifact_file(ctx, ctx.fp32_artifact(artifact.model, fmt)))
+        info = ctx.origin.export(ctx, artifact.model, artifact.kind, folder,
+                                 lambda fmt: artifact_file(ctx, ctx.fp32_artifact(artifact.model, fmt)))
     data = {"key": key, "variant": artifact.name, **info}
     write_json(record, data)
     skipped.unlink(missing_ok=True)

@@ -13,14 +13,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._io import read_json, sha256_file, write_json
+from .._io import atomic_path, read_json, sha256_file, write_json
 from ..errors import EdgetlError
 from ..settings import Recipe
 from ..tasks import STUDENT, TEACHER, Task, get_task
+from .origin import origin_of
 from .plan import Planned, fp32_artifact, plan
 
-MODEL_DIRS = {TEACHER: "finetune", STUDENT: "distill"}
-COMMANDS = {TEACHER: "finetune", STUDENT: "distill"}
 
 
 def is_fresh(record: Path, key: dict[str, Any]) -> bool:
@@ -47,8 +46,13 @@ class RunContext:
         return get_task(self.recipe)
 
     @cached_property
+    def origin(self):
+        """Where the models come from: trained here, or the user's ``model.source`` (``edgetl.pipeline.origin``)."""
+        return origin_of(self.recipe)
+
+    @cached_property
     def splits(self):
-        return self.task.load_splits(self.recipe)
+        return self.origin.splits(self)
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -56,7 +60,7 @@ class RunContext:
         return self.recipe.run_dir
 
     def model_dir(self, model_key: str) -> Path:
-        return self.run_dir / MODEL_DIRS[model_key]
+        return self.run_dir / self.origin.folders[model_key]
 
     def artifact_dir(self, artifact: Planned | str) -> Path:
         return self.run_dir / "artifacts" / (artifact if isinstance(artifact, str) else artifact.name)
@@ -64,34 +68,39 @@ class RunContext:
     def plan(self) -> list[Planned]:
         return plan(self.recipe)
 
+    def reference_name(self, model_key: str = TEACHER) -> str:
+        """What the model's variants are held to: ``torch-fp32`` (``student-torch-fp32``), or the source model."""
+        return self.origin.reference_name(model_key)
+
     def fp32_artifact(self, model_key: str, fmt: str) -> Planned:
         return fp32_artifact(model_key, fmt)
 
     # -- trained models -------------------------------------------------------------------------
     def model_keys(self) -> list[str]:
-        return [TEACHER, STUDENT] if self.recipe.distill.enabled else [TEACHER]
+        return self.origin.model_keys(self.recipe)
 
     def checkpoint_hash(self, model_key: str = TEACHER) -> str:
         """Identity of a trained model's files; a clear error when its stage has not run."""
-        files = self.task.checkpoint_files(self.model_dir(model_key))
+        files = self.origin.checkpoint_files(self, self.model_dir(model_key))
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise EdgetlError(f"no {model_key} checkpoint in {self.model_dir(model_key)} ({missing[0].name} missing); "
-                              f"run `edgetl {COMMANDS[model_key]}` first")
+                              f"run `edgetl {self.origin.commands[model_key]}` first")
         return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()[:16]
 
     def model(self, model_key: str = TEACHER):
-        """A trained torch model (eval mode) and its checkpoint metadata, reloaded when its files changed."""
+        """A trained torch model (eval mode), or a source model's file, and its metadata; reloaded when its files
+        changed."""
         digest = self.checkpoint_hash(model_key)
         cached = self._models.get(model_key)
         if cached is None or cached[0] != digest:
-            self._models[model_key] = (digest, self.task.load_checkpoint(self.model_dir(model_key)))
+            self._models[model_key] = (digest, self.origin.load(self, self.model_dir(model_key)))
         return self._models[model_key][1]
 
     def preprocess_of(self, model_key: str = TEACHER):
         """The preprocessing one trained model was trained with (a student may differ from the teacher)."""
         _, meta = self.model(model_key)
-        return self.task.preprocess_of(meta, self.model_dir(model_key))
+        return self.origin.preprocess_of(self, meta, self.model_dir(model_key))
 
     def model_metadata(self, model_key: str = TEACHER) -> dict[str, Any]:
         """What every export of the model carries: labels, preprocessing, backbone."""
@@ -124,7 +133,8 @@ class RunContext:
 
     # -- references -----------------------------------------------------------------------------
     def reference_logits(self, model_key: str = TEACHER) -> np.ndarray:
-        """A torch FP32 model's logits on the test split: what its exports are held to."""
+        """The reference's logits on the test split (the FP32 torch model, or the source model on its own
+        runtime): what every variant of the model is held to."""
         from ..runners import open_runner
         from ..validate import predict_logits
 
@@ -137,14 +147,14 @@ class RunContext:
         if is_fresh(record, key) and path.is_file():
             logits = np.load(path)
         else:
-            model, _ = self.model(model_key)
-            logits = predict_logits(open_runner(model, "torch:cpu"), self.splits.test, self.preprocess_of(model_key),
-                                    self.recipe.validate.batch_size)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            with open(tmp, "wb") as handle:
+            runner = self.origin.reference_runner(self, model_key)
+            try:
+                logits = predict_logits(runner, self.splits.test, self.preprocess_of(model_key),
+                                        self.recipe.validate.batch_size)
+            finally:
+                runner.close()
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, logits)
-            tmp.replace(path)
             write_json(record, {"key": key, "shape": list(logits.shape)})
         self._references[model_key] = (digest, logits)
         return logits

@@ -63,14 +63,17 @@ def plan(recipe: Recipe) -> list[Planned]:
     """Every artifact of this recipe's run, in table order (names were checked when the recipe was loaded)."""
     from ..quantize import QUANTIZERS
 
-    planned = []
-    for key in [TEACHER, STUDENT] if recipe.distill.enabled else [TEACHER]:
-        planned.append(Planned(prefix(key) + TORCH_VARIANT, key, "torch", "torch", "torch:cpu", None))
+    from .origin import origin_of
+
+    origin, planned = origin_of(recipe), []
+    for key in origin.model_keys(recipe):
+        if origin.has_torch:  # a source model has no torch model: its own file is the reference
+            planned.append(Planned(prefix(key) + TORCH_VARIANT, key, "torch", "torch", "torch:cpu", None))
         planned += [fp32_artifact(key, fmt) for fmt in recipe.export.formats]
         if key in recipe.quantize.models:
             for method in recipe.quantize.methods:
                 q = QUANTIZERS.get(method)
                 planned.append(Planned(prefix(key) + q.name, key, method, q.format, q.runtime, q.file))
-            if recipe.quantize.qat:
+            if recipe.quantize.qat and origin.has_torch:
                 planned.append(Planned(prefix(key) + QAT_NAME, key, QAT, "openvino", "openvino:CPU", "model.xml"))
     return planned

@@ -43,8 +43,7 @@ def _run(ctx: RunContext) -> dict[str, Any]:
     summary = {
         "run": recipe.run.name,
         "task": ctx.task.name,
-        "probe_test_accuracy": finetuned.probe_test_accuracy,
-        "test_accuracy": finetuned.test_accuracy,
+        **ctx.origin.summary(ctx, finetuned),
         **ctx.task.summary(ctx),
         "distill": distill_summary(distilled),
         "variants": summary_rows(validation, benchmarks, decisions),

@@ -10,7 +10,7 @@ from .._io import read_json
 from ..errors import BundleError
 from ..tasks import STUDENT, TEACHER
 from .context import RunContext
-from .plan import TORCH_VARIANT, Planned, prefix
+from .plan import Planned
 from .select import select
 from .stages import bench_stage, validate_stage
 
@@ -31,7 +31,7 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
     return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
                 labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key),
                 recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(), card=card(ctx, chosen),
-                data_sha256=ctx.task.fingerprint(ctx.splits),
+                data_sha256=ctx.task.fingerprint(ctx.splits), source_model=ctx.origin.provenance(ctx),
                 default=default, extra_files=ctx.task.bundle_files(ctx, model_key),
                 validation_slice=validation_slice(ctx, model_key),
                 bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None)
@@ -60,17 +60,16 @@ def validation_slice(ctx: RunContext, model_key: str):
         return None
     return ValidationSlice.from_split(ctx.splits.test, ctx.preprocess_of(model_key), ctx.reference_logits(model_key),
                                       size=ctx.recipe.ship.validation_slice, seed=ctx.recipe.run.seed,
-                                      reference=prefix(model_key) + TORCH_VARIANT)
+                                      reference=ctx.reference_name(model_key))
 
 
 def card(ctx: RunContext, chosen: list[Planned]) -> dict[str, Any]:
     """The model card's fields: the task's own, the data sizes and the measured accuracies."""
-    finetuned = read_json(ctx.model_dir(TEACHER) / "result.json")
     fields = {
         "backbone": ", ".join(sorted({ctx.model_metadata(a.model)["backbone"] for a in chosen})),
         **ctx.task.card(ctx, chosen),
         "data_sizes": ctx.splits.sizes(),
-        "test_accuracy": finetuned.get("test_accuracy"), "probe_test_accuracy": finetuned.get("probe_test_accuracy"),
+        **ctx.origin.card(ctx),
     }
     if ctx.recipe.distill.enabled and (ctx.model_dir(STUDENT) / "result.json").is_file():
         distilled = read_json(ctx.model_dir(STUDENT) / "result.json")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import read_json, write_json, write_text
+from .._io import read_json, write_json
 from ..tasks import STUDENT, TEACHER
 from .artifacts import ensure, made, qat
 from .context import RunContext, is_fresh
@@ -22,21 +22,15 @@ CONTRACT_VERSION = 2  # in the contract record's key: a change of measure re-run
 
 
 def finetune_stage(ctx: RunContext):
-    """The teacher: linear probe, then staged unfreezing (``ctx.task``'s model and data, the one trainer)."""
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(ctx.run_dir / "recipe.toml", ctx.recipe.to_toml())
-    ctx.log(f"data: {ctx.recipe.data.source} {ctx.splits.sizes()}, {len(ctx.splits.classes)} classes "
-            f"({ctx.task.name})")
-    return ctx.task.finetune(ctx.recipe, ctx.splits, ctx.model_dir(TEACHER), progress=ctx.progress, log=ctx.log)
+    """The teacher: fine-tuned from the recipe's backbone (linear probe, then staged unfreezing), or the user's
+    ``model.source`` imported into the run (``ctx.origin``)."""
+    return ctx.origin.teacher(ctx)
 
 
 def distill_stage(ctx: RunContext):
-    """Knowledge distillation of the fine-tuned teacher into the recipe's student; None when disabled."""
-    if not ctx.recipe.distill.enabled:
-        return None
-    teacher, _ = ctx.model(TEACHER)
-    return ctx.task.distill(ctx.recipe, ctx.splits, teacher, ctx.model_dir(STUDENT), teacher_dir=ctx.model_dir(TEACHER),
-                            progress=ctx.progress, log=ctx.log)
+    """Knowledge distillation of the fine-tuned teacher into the recipe's student; None when disabled (or the
+    model is the user's own)."""
+    return ctx.origin.student(ctx)
 
 
 def export_stage(ctx: RunContext) -> list[dict[str, Any]]:

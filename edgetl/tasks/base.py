@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 
 TEACHER, STUDENT = "teacher", "student"
 SPLIT_NAMES = ("train", "val", "test")
@@ -50,8 +50,15 @@ class Task(ABC):
         """Task-specific recipe checks at load time (which backbones fit); a RecipeError names the key."""
 
     @abstractmethod
-    def load_splits(self, recipe):
-        """The recipe's data source as train/val/test splits (``edgetl.data.Splits``)."""
+    def load_splits(self, recipe, preprocess=None):
+        """The recipe's data source as train/val/test splits (``edgetl.data.Splits``); ``preprocess``: the one a
+        source model takes (default: the recipe's backbone's)."""
+
+    def source_preprocess(self, recipe, model) -> Any:
+        """The preprocessing of a source model (``edgetl.imported.SourceModel``): from its own metadata, else from
+        the recipe's ``model`` settings; a RecipeError when neither says, or the model's input does not fit."""
+        raise RecipeError(f"model.source: {self.name} models cannot come from a model file yet; fine-tune a backbone "
+                          "(leave model.source empty)")
 
     def check_splits(self, splits) -> None:
         """Every split non-empty with the train split's classes; at least two classes, each present in train."""

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._io import read_json
-from ..errors import DataError, WeightsError
+from ..errors import DataError, RecipeError, WeightsError
 from .base import RunContext, Task
 
 CHECKPOINT_FILE = "best.safetensors"
@@ -34,10 +34,38 @@ class ImageClassification(Task):
 
         return get_spec(recipe.model.backbone, kind="image").preprocess(recipe.model.image_size)
 
-    def load_splits(self, recipe):
+    def load_splits(self, recipe, preprocess=None):
         from ..data import load_splits
 
-        return load_splits(recipe.data, self.teacher_preprocess(recipe))
+        return load_splits(recipe.data, preprocess or self.teacher_preprocess(recipe))
+
+    def source_preprocess(self, recipe, model):
+        """The source's own edgetl metadata, else NCHW at its input size (``model.image_size`` when dynamic) with
+        ``model.mean`` / ``model.std``."""
+        from ..preprocess import ImagePreprocess, load_preprocess
+
+        if model.preprocess is not None:
+            return load_preprocess(model.preprocess)
+        if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+            shapes = ", ".join(f"{i.name} {list(i.shape)}" for i in model.inputs)
+            raise RecipeError(f"model.source {model.path.name} takes {shapes}; an image classifier takes one "
+                              "(N, C, H, W) image batch")
+        _, channels, height, width = model.inputs[0].shape
+        if channels not in (1, 3):
+            raise RecipeError(f"model.source {model.path.name} takes {list(model.inputs[0].shape)}: channels-last "
+                              "(NHWC) or other layouts are not supported yet; export it with NCHW input")
+        if height != width:
+            raise RecipeError(f"model.source {model.path.name} takes {height}x{width} images; edgetl feeds square "
+                              "images (export it with a square or dynamic input size)")
+        mean, std = recipe.model.mean, recipe.model.std
+        if not mean or not std:
+            raise RecipeError(f"model.source {model.path.name} does not say how its inputs are normalised; give "
+                              "model.mean and model.std (--mean/--std), e.g. ImageNet's 0.485,0.456,0.406 and "
+                              "0.229,0.224,0.225")
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise RecipeError(f"model.mean and model.std need {channels} value(s) each (std > 0), got {mean} and {std}")
+        return ImagePreprocess(image_size=height or recipe.model.image_size, channels=channels, mean=tuple(mean),
+                               std=tuple(std))
 
     def check_splits(self, splits, image_size: int | None = None) -> None:
         super().check_splits(splits)

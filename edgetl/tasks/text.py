@@ -44,7 +44,7 @@ class TextClassification(Task):
         if recipe.quantize.qat:
             raise RecipeError("quantize.qat is not available for text models yet; set quantize.qat = false")
 
-    def load_splits(self, recipe):
+    def load_splits(self, recipe, preprocess=None):
         from ..data import load_splits
 
         return load_splits(recipe.data)

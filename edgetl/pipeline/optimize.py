@@ -1,0 +1,74 @@
+"""``optimize(model, data)``: a model the user already has -> export, quantize, validate (against the original, on
+the user's data), bench, select, ship. The same run as ``edgetl run`` with ``model.source`` set; this builds that
+recipe from a few arguments.
+
+>>> summary = optimize("mobilenet_v2.onnx", "photos/", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import RecipeError
+
+# The user's data is split three ways: calibration (the "train" split: only quantizers read it), the accuracy-aware
+# search's validation set, and the held-out test set every variant is judged on (the largest share).
+VAL_FRACTION, TEST_FRACTION = 0.2, 0.5
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def optimize_overrides(
+    model: str | Path,
+    data: str | Path,
+    *,
+    task: str = "image-classification",
+    labels: str | Path | None = None,
+    out: str | Path | None = None,
+    size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> list[str]:
+    """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``."""
+    model, data = Path(model).expanduser(), Path(data).expanduser()
+    if not model.exists():
+        raise RecipeError(f"model {str(model)!r} not found; give the path of your .onnx file")
+    if not data.exists():
+        raise RecipeError(f"data {str(data)!r} not found; give an image folder (one sub-folder per class) or a "
+                          f"{'/'.join(TEXT_SUFFIXES)} file")
+    out = Path(out) if out else Path("models") / _name(model.stem)
+    values: dict[str, Any] = {
+        "run.name": out.name, "ship.name": out.name, "ship.output_dir": str(out.parent),
+        "model.task": task, "model.source": str(model.resolve()),
+        "data.source": "text-file" if data.suffix.lower() in TEXT_SUFFIXES else "folder",
+        "data.path": str(data.resolve()), "data.val_fraction": VAL_FRACTION, "data.test_fraction": TEST_FRACTION,
+        "distill.enabled": False, "quantize.qat": False, "quantize.models": ["teacher"],
+    }
+    if labels:
+        values["model.labels"] = str(Path(labels).expanduser().resolve())
+    if size:
+        values["model.image_size"] = size
+    if mean:
+        values["model.mean"] = [float(v) for v in mean]
+    if std:
+        values["model.std"] = [float(v) for v in std]
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def optimize(model: str | Path, data: str | Path, *, overrides: Sequence[str] = (), progress: bool = True,
+             log: Callable[[str], None] = print, **options: Any) -> dict[str, Any]:
+    """Run the pipeline on the user's ``model`` and ``data`` (``options``: see ``optimize_overrides``); the run
+    summary, as ``edgetl run`` returns it."""
+    from ..recipe import load_recipe
+    from .run import run
+
+    recipe = load_recipe(None, [*optimize_overrides(model, data, **options), *overrides])
+    return run(recipe, progress=progress, log=log)
+
+
+def _name(stem: str) -> str:
+    """A plain run/bundle name from a file name: letters, digits, '.', '-', '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "model"
+    return name

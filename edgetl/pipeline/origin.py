@@ -1,0 +1,255 @@
+"""Where a run's models come from: ``trained`` (fine-tune ``model.backbone``, distill a student) or ``imported``
+(``model.source``: a model file the user already has). ``ORIGINS`` holds both; ``RunContext.origin`` picks one by
+the recipe. Everything downstream (export of the other formats, quantize, validate, bench, select, ship) is the
+same; an origin only says where a model's files live, how to load it, what its exports start from and what
+every variant is held to (the torch model, or the user's original file on its own runtime).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from .._io import read_json, write_json
+from ..errors import EdgetlError
+from ..registry import Registry
+from ..tasks import STUDENT, TEACHER
+
+SOURCE_DIR, SOURCE_META = "source", "checkpoint.json"
+
+
+class Trained:
+    """Models edgetl trains: the teacher fine-tuned from ``model.backbone``, the student distilled from it."""
+
+    name = "trained"
+    folders = {TEACHER: "finetune", STUDENT: "distill"}
+    commands = {TEACHER: "finetune", STUDENT: "distill"}
+    has_torch = True
+
+    def model_keys(self, recipe) -> list[str]:
+        return [TEACHER, STUDENT] if recipe.distill.enabled else [TEACHER]
+
+    def splits(self, ctx):
+        return ctx.task.load_splits(ctx.recipe)
+
+    def teacher(self, ctx):
+        from .._io import write_text
+
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(ctx.run_dir / "recipe.toml", ctx.recipe.to_toml())
+        ctx.log(f"data: {ctx.recipe.data.source} {ctx.splits.sizes()}, {len(ctx.splits.classes)} classes "
+                f"({ctx.task.name})")
+        return ctx.task.finetune(ctx.recipe, ctx.splits, ctx.model_dir(TEACHER), progress=ctx.progress, log=ctx.log)
+
+    def student(self, ctx):
+        if not ctx.recipe.distill.enabled:
+            return None
+        teacher, _ = ctx.model(TEACHER)
+        return ctx.task.distill(ctx.recipe, ctx.splits, teacher, ctx.model_dir(STUDENT),
+                                teacher_dir=ctx.model_dir(TEACHER), progress=ctx.progress, log=ctx.log)
+
+    def checkpoint_files(self, ctx, folder: Path) -> list[Path]:
+        return ctx.task.checkpoint_files(folder)
+
+    def load(self, ctx, folder: Path):
+        return ctx.task.load_checkpoint(folder)
+
+    def preprocess_of(self, ctx, meta: dict[str, Any], folder: Path):
+        return ctx.task.preprocess_of(meta, folder)
+
+    def reference_runner(self, ctx, model_key: str):
+        from ..runners import open_runner
+
+        model, _ = ctx.model(model_key)
+        return open_runner(model, "torch:cpu")
+
+    def export(self, ctx, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]) -> dict[str, Any]:
+        return ctx.task.export(ctx, model_key, fmt, folder, source)
+
+    def reference_name(self, model_key: str) -> str:
+        from .plan import TORCH_VARIANT, prefix
+
+        return prefix(model_key) + TORCH_VARIANT
+
+    def summary(self, ctx, teacher_result) -> dict[str, Any]:
+        return {"probe_test_accuracy": teacher_result.probe_test_accuracy,
+                "test_accuracy": teacher_result.test_accuracy}
+
+    def provenance(self, ctx) -> dict[str, str] | None:
+        """What the bundle's manifest says the model came from beyond the recipe and data: nothing here."""
+        return None
+
+    def card(self, ctx) -> dict[str, Any]:
+        finetuned = read_json(ctx.model_dir(TEACHER) / "result.json")
+        return {"test_accuracy": finetuned.get("test_accuracy"),
+                "probe_test_accuracy": finetuned.get("probe_test_accuracy")}
+
+
+class Imported:
+    """The user's own model file (``model.source``): copied into ``runs/<name>/source/`` with the labels and
+    preprocessing it takes, never trained; its variants are held to the original file run on its own runtime."""
+
+    name = "imported"
+    folders = {TEACHER: SOURCE_DIR}
+    commands = {TEACHER: "run"}
+    has_torch = False
+
+    def model_keys(self, recipe) -> list[str]:
+        return [TEACHER]
+
+    # -- the import -------------------------------------------------------------------------------
+    def teacher(self, ctx):
+        """Copy the source model into the run (once per source file and ``model`` settings), with the labels and
+        preprocessing it takes; returns the import record."""
+        from ..imported import read_source
+        from ..imported.model import source_format
+
+        folder = ctx.model_dir(TEACHER)
+        model = read_source(ctx.recipe.model.source)
+        fmt = source_format(model.path)
+        key = {"source": model.sha256(), "model": ctx.recipe.section_hash("model")}
+        record = folder / SOURCE_META
+        if _fresh(record, key) and (folder / fmt.file).is_file():
+            return read_json(record)
+        preprocess = ctx.task.source_preprocess(ctx.recipe, model)
+        labels = self._labels(ctx, model)
+        folder.mkdir(parents=True, exist_ok=True)
+        fmt.copy(model.path, folder / fmt.file, {})
+        meta = {"key": key, "source": str(model.path.resolve()), "source_sha256": key["source"], "format": fmt.name,
+                "file": fmt.file, "runtime": fmt.runtime, "classes": labels, "num_classes": model.num_outputs,
+                "preprocess": preprocess.to_dict(), "backbone": model.path.name, "opset": model.opset,
+                "inputs": [dataclasses.asdict(i) for i in model.inputs]}
+        write_json(record, meta)
+        ctx.log(f"source: {model.path} ({fmt.name}, {len(model.inputs)} input(s) "
+                f"{', '.join(str(list(i.shape)) for i in model.inputs)}, {model.num_outputs} outputs, "
+                f"labels {'from the model' if model.labels else 'from model.labels' if ctx.recipe.model.labels else 'from the data'})")
+        return meta
+
+    def _labels(self, ctx, model) -> list[str] | None:
+        """model.labels, else the model's own; None: the data's classes are the labels (checked in ``splits``)."""
+        from ..imported import read_labels
+
+        labels = read_labels(ctx.recipe.model.labels) if ctx.recipe.model.labels else model.labels
+        if labels is not None and model.num_outputs is not None and len(labels) != model.num_outputs:
+            raise EdgetlError(f"{len(labels)} labels for a model with {model.num_outputs} outputs "
+                              f"({ctx.recipe.model.labels or model.path.name}); give one label per output")
+        return labels
+
+    def splits(self, ctx):
+        """The data with its labels renumbered to the model's outputs (class folders are matched to the model's
+        labels by name); without labels anywhere, the data's classes must be as many as the outputs."""
+        from ..imported import match_labels
+
+        meta = self._meta(ctx)
+        splits = ctx.task.load_splits(ctx.recipe, self.preprocess_of(ctx, meta, ctx.model_dir(TEACHER)))
+        labels = meta["classes"]
+        if labels is None:
+            if meta["num_classes"] is not None and len(splits.classes) != meta["num_classes"]:
+                raise EdgetlError(f"the data has {len(splits.classes)} classes but the model has {meta['num_classes']} "
+                                  "outputs and no labels; give model.labels (--labels) with the model's class names")
+            ctx.log(f"labels: the model names none; taking output i as the data's i-th class in sorted order "
+                    f"({', '.join(splits.classes[:5])}{', ...' if len(splits.classes) > 5 else ''}); give model.labels "
+                    "(--labels) if the model orders them otherwise")
+            return splits
+        mapping = match_labels(splits.classes, labels)
+        return type(splits)(*(dataclasses.replace(split, labels=np_take(mapping, split.labels), classes=labels)
+                              for split in (splits.train, splits.val, splits.test)))
+
+    def _meta(self, ctx) -> dict[str, Any]:
+        record = ctx.model_dir(TEACHER) / SOURCE_META
+        if not record.is_file():
+            return self.teacher(ctx)
+        return read_json(record)
+
+    # -- what the pipeline asks of an origin ----------------------------------------------------------
+    def student(self, ctx):
+        return None
+
+    def checkpoint_files(self, ctx, folder: Path) -> list[Path]:
+        meta = Path(folder) / SOURCE_META
+        file = read_json(meta)["file"] if meta.is_file() else "model.onnx"
+        return [Path(folder) / file, meta]
+
+    def load(self, ctx, folder: Path):
+        """(the model file, its metadata, with the data's classes as labels when the model has none)."""
+        meta = read_json(Path(folder) / SOURCE_META)
+        if meta["classes"] is None:
+            meta = {**meta, "classes": ctx.splits.classes}
+        return Path(folder) / meta["file"], meta
+
+    def preprocess_of(self, ctx, meta: dict[str, Any], folder: Path):
+        from ..preprocess import load_preprocess
+
+        return load_preprocess(meta["preprocess"], folder)
+
+    def reference_runner(self, ctx, model_key: str):
+        from ..runners import open_runner
+
+        path, meta = ctx.model(model_key)
+        return open_runner(path, meta["runtime"])
+
+    def export(self, ctx, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]) -> dict[str, Any]:
+        """onnx: the original graph, with labels and preprocessing added to its metadata; openvino: converted from
+        that ONNX file by OpenVINO."""
+        from ..export import export_openvino
+        from ..imported.model import source_format
+
+        path, meta = ctx.model(model_key)
+        metadata = {k: v if isinstance(v, str) else _json(v) for k, v in ctx.model_metadata(model_key).items()}
+        if fmt == "onnx" and meta["format"] == "onnx":
+            source_format(path).copy(path, folder / "model.onnx", metadata)
+            return {"format": "onnx", "files": ["model.onnx"], "opset": meta.get("opset"),
+                    "exporter": f"the source model as is ({Path(meta['source']).name})", "metadata": metadata}
+        if fmt == "openvino":
+            return export_openvino(source("onnx"), folder / "model.xml",
+                                   compress_to_fp16=ctx.recipe.export.compress_to_fp16, metadata=metadata).to_dict()
+        raise EdgetlError(f"export.formats: cannot make {fmt} from a {meta['format']} source model; "
+                          "remove it from export.formats")
+
+    def reference_name(self, model_key: str) -> str:
+        return "source model"
+
+    def summary(self, ctx, teacher_result) -> dict[str, Any]:
+        reference = ctx.reference_logits(TEACHER)
+        accuracy = float((reference.argmax(1) == ctx.splits.test.labels).mean() * 100)
+        return {"source": teacher_result["source"], "source_sha256": teacher_result["source_sha256"],
+                "test_accuracy": round(accuracy, 4)}
+
+    def provenance(self, ctx) -> dict[str, str] | None:
+        meta = self._meta(ctx)
+        return {"file": Path(meta["source"]).name, "sha256": meta["source_sha256"], "format": meta["format"]}
+
+    def card(self, ctx) -> dict[str, Any]:
+        meta = self._meta(ctx)
+        return {"source_model": f"{Path(meta['source']).name} (sha256 {meta['source_sha256'][:16]})",
+                "weights_license": "the source model's own (edgetl did not train it)",
+                "test_accuracy": self.summary(ctx, meta)["test_accuracy"]}
+
+
+def np_take(mapping: list[int], labels):
+    import numpy as np
+
+    return np.asarray(mapping, dtype=np.int64)[labels]
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _fresh(record: Path, key: dict[str, Any]) -> bool:
+    try:
+        return read_json(record).get("key") == key
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+ORIGINS: Registry[Any] = Registry("model origin")
+ORIGINS.register("trained", Trained())
+ORIGINS.register("imported", Imported())
+
+
+def origin_of(recipe):
+    return ORIGINS.get("imported" if recipe.model.source else "trained")

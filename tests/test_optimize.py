@@ -1,0 +1,182 @@
+"""``edgetl optimize``: a model edgetl did not make (an ONNX file without metadata) and a folder of images ->
+export, quantize, validate against the original, bench, ship a bundle that verifies and predicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pattern_images
+from edgetl.errors import EdgetlError, RecipeError
+
+CLASSES = ["top", "middle", "bottom"]  # pattern_images: class k is a bright band at height k
+FAST = ["bench.batch_sizes=[1]", "bench.max_seconds=0.2", "bench.min_runs=5", "bench.warmup=2",
+        "quantize.calibration_size=20", "quantize.min_calibration_size=8",
+        "quantize.methods=['onnx-int8-static', 'openvino-int8']"]
+IMAGENET = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """A small trained CNN exported to ONNX by plain torch.onnx (no edgetl metadata, its own input/output names),
+    its labels file, and a photo folder: class sub-folders in another order than the model's outputs, sizes that
+    are not the model's."""
+    import torch
+
+    from edgetl.backbones import create_model
+    from edgetl.preprocess import ImagePreprocess
+
+    root = tmp_path_factory.mktemp("user")
+    preprocess = ImagePreprocess(image_size=32, channels=3, **IMAGENET)
+    torch.manual_seed(0)
+    train = pattern_images(40, seed=1)
+    model = create_model("tiny_convnet", num_classes=3, image_size=32, weights=None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
+    inputs, labels = torch.from_numpy(preprocess.normalize(train.images)), torch.from_numpy(train.labels)
+    for _ in range(25):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    torch.onnx.export(model.eval(), (torch.zeros(1, 3, 32, 32),), str(root / "model.onnx"), input_names=["pixels"],
+                      output_names=["scores"], dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    photos = pattern_images(30, seed=5)
+    for i, (image, label) in enumerate(zip(photos.images, photos.labels)):
+        folder = root / "photos" / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).resize((48, 40)).save(folder / f"{i}.png")
+    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+def _edgetl(cwd: Path, *args: str):
+    return subprocess.run([sys.executable, "-m", "edgetl", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_optimize_ships_a_verified_bundle_of_a_model_edgetl_did_not_make(user_files, tmp_path):
+    args = ["optimize", str(user_files / "model.onnx"), "--data", str(user_files / "photos"), "--labels",
+            str(user_files / "labels.txt"), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--out", "models/mine",
+            "--quiet", *[a for item in FAST for a in ("--set", item)]]
+    result = _edgetl(tmp_path, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs/mine/summary.json").read_text())
+    names = {row["variant"] for row in summary["variants"]}
+    assert names == {"onnx-fp32", "openvino-fp32", "onnx-int8-static", "openvino-int8"}  # no torch, no student
+    assert summary["test_accuracy"] > 90  # the original, on the held-out half of the photos: folders matched by name
+    assert all(d["reason"] for d in summary["decisions"].values())
+    assert all(row["agreement"] >= 0.9 for row in summary["variants"])  # every variant held to the original
+    manifest = json.loads((tmp_path / "models/mine/manifest.json").read_text())
+    digest = hashlib.sha256((user_files / "model.onnx").read_bytes()).hexdigest()
+    assert manifest["source_model"] == {"file": "model.onnx", "sha256": digest, "format": "onnx"}
+    assert manifest["validation_slice"]["reference"] == "source model"
+    assert "source model" in result.stdout and "shipped" in result.stdout
+    verify = _edgetl(tmp_path, "verify", "models/mine.tar.gz")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    photo = next((user_files / "photos" / "bottom").iterdir())
+    predicted = _edgetl(tmp_path, "predict", "models/mine", str(photo))
+    assert predicted.returncode == 0 and ": bottom (" in predicted.stdout, predicted.stdout + predicted.stderr
+    # a rerun reuses everything it made
+    again = _edgetl(tmp_path, *args)
+    assert again.returncode == 0 and "quantize:" not in again.stdout and "export:" not in again.stdout
+
+
+def _optimize(user_files, tmp_path, monkeypatch, model="model.onnx", **options):
+    from edgetl.pipeline.optimize import optimize
+
+    monkeypatch.chdir(tmp_path)
+    options = {"labels": user_files / "labels.txt", **IMAGENET, **options}
+    return optimize(user_files / model, user_files / "photos", overrides=FAST, progress=False, log=lambda m: None,
+                    **{k: v for k, v in options.items() if v is not None})
+
+
+def test_a_model_that_carries_edgetl_metadata_needs_no_flags(user_files, tmp_path, monkeypatch):
+    import onnx
+
+    proto = onnx.load(str(user_files / "model.onnx"))
+    preprocess = {"kind": "image", "image_size": 32, "channels": 3, **IMAGENET}
+    onnx.helper.set_model_props(proto, {"labels": json.dumps(CLASSES), "preprocess": json.dumps(preprocess)})
+    onnx.save(proto, str(tmp_path / "tagged.onnx"))
+    from edgetl.pipeline.optimize import optimize
+
+    monkeypatch.chdir(tmp_path)
+    summary = optimize(tmp_path / "tagged.onnx", user_files / "photos", overrides=FAST, progress=False,
+                       log=lambda m: None)
+    assert summary["test_accuracy"] > 90 and summary["default_artifact"]
+
+
+@pytest.mark.parametrize("options, error, words", [
+    ({"mean": None, "std": None}, RecipeError, ["does not say how its inputs are normalised", "--mean"]),
+    ({"mean": [0.5], "std": [0.5]}, RecipeError, ["need 3 value(s) each"]),
+    ({"labels": "wrong_labels"}, EdgetlError, ["'bottom'", "not among the model's 3 labels", "--labels"]),
+    ({"labels": "two_labels"}, EdgetlError, ["2 labels for a model with 3 outputs"]),
+])
+def test_what_the_model_or_data_lack_is_one_clear_error(user_files, tmp_path, monkeypatch, options, error, words):
+    (tmp_path / "wrong_labels").write_text("top\nmiddle\nlow\n")
+    (tmp_path / "two_labels").write_text("top\nmiddle\n")
+    options = {k: (tmp_path / v if k == "labels" else v) for k, v in options.items()}
+    with pytest.raises(error) as caught:
+        _optimize(user_files, tmp_path, monkeypatch, **options)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.source='nope.onnx'", ["model.source 'nope.onnx' is not a file"]),
+    ("model.source='labels.txt'", ["edgetl reads .onnx model files", "export the model to ONNX"]),
+    ("quantize.qat=true", ["quantize.qat", "set quantize.qat = false"]),
+    ("model.mean=[0.5]", ["model.mean describes a model.source"]),
+])
+def test_recipe_errors_come_before_any_work(user_files, monkeypatch, override, words):
+    from edgetl.recipe import load_recipe
+
+    monkeypatch.chdir(user_files)
+    base = [] if override.startswith("model.mean") else ["model.source='model.onnx'"]
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(None, [*base, override])
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+
+
+def test_labels_match_by_alias_case_and_underscores():
+    from edgetl.imported import match_labels
+
+    labels = ["tench, Tinca tinca", "tabby, tabby cat", "golden retriever"]
+    assert match_labels(["Golden_Retriever", "tabby_cat", "tench"], labels) == [2, 1, 0]
+    with pytest.raises(EdgetlError, match=r"\['zebra'\] are not among"):
+        match_labels(["zebra"], labels)
+
+
+def test_read_labels_takes_lines_or_json(tmp_path):
+    from edgetl.imported import read_labels
+
+    (tmp_path / "a.txt").write_text("cat\n\ndog\n")
+    (tmp_path / "b.json").write_text('["cat", "dog"]')
+    assert read_labels(tmp_path / "a.txt") == read_labels(tmp_path / "b.json") == ["cat", "dog"]
+    (tmp_path / "c.txt").write_text("cat\ncat\n")
+    with pytest.raises(RecipeError, match="distinct"):
+        read_labels(tmp_path / "c.txt")
+
+
+def test_reference_outputs_are_the_original_file_run_on_onnxruntime(user_files, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from edgetl.pipeline import RunContext
+    from edgetl.pipeline.optimize import optimize_overrides
+    from edgetl.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(None, [*optimize_overrides(user_files / "model.onnx", user_files / "photos",
+                                                    labels=user_files / "labels.txt", **IMAGENET), *FAST])
+    ctx = RunContext(recipe, progress=False, log=lambda m: None)
+    ctx.origin.teacher(ctx)
+    session = ort.InferenceSession(str(user_files / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = ctx.preprocess_of().normalize(ctx.splits.test.images)
+    assert np.allclose(ctx.reference_logits(), session.run(None, {"pixels": inputs})[0], atol=1e-5)
+    assert [p.name for p in ctx.plan()] == ["onnx-fp32", "openvino-fp32", "onnx-int8-static", "openvino-int8"]
