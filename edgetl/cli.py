@@ -174,7 +174,9 @@ def _print_run(summary: dict) -> None:
         out.print(f"linear probe {summary['probe_test_accuracy']:.2f}% -> fine-tuned {summary['test_accuracy']:.2f}% "
                   "test accuracy")
     else:
-        out.print(f"source model {summary['source']}: {summary['test_accuracy']:.2f}% test accuracy", highlight=False)
+        accuracy = summary["test_accuracy"]
+        measured = f"{accuracy:.2f}% test accuracy" if accuracy is not None else "accuracy not measured (no labels)"
+        out.print(f"source model {summary['source']}: {measured}", highlight=False)
     if summary["distill"]:
         _print_distill(summary["distill"])
     out.print(f"bundle: {summary['bundle']}  ({summary['archive']}), default artifact {summary['default_artifact']}, "
@@ -236,7 +238,8 @@ def validate(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
     reports = stages.validate_stage(ctx)
     for name, report in reports.items():
         verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
-        out.print(f"{name}: accuracy {report['accuracy']:.2f}%, agreement {report['agreement']:.2%} -> {verdict}")
+        accuracy = f"{report['accuracy']:.2f}%" if report["accuracy"] is not None else "not measured (no labels)"
+        out.print(f"{name}: accuracy {accuracy}, agreement {report['agreement']:.2%} -> {verdict}")
     if not all(r["passed"] for r in reports.values()):
         raise typer.Exit(1)
 

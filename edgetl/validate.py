@@ -24,8 +24,8 @@ class ValidationReport:
     artifact: str
     runtime: str
     samples: int
-    accuracy: float  # top-1, percent
-    macro_f1: float  # percent
+    accuracy: float | None  # top-1, percent; None: the data has no labels
+    macro_f1: float | None  # percent
     reference_accuracy: float | None = None
     accuracy_drop: float | None = None  # percentage points below the reference
     agreement: float | None = None  # top-1 agreement with the reference, fraction
@@ -42,7 +42,8 @@ class ValidationReport:
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.reasons)
         agree = f", agreement {self.agreement:.2%}" if self.agreement is not None else ""
-        return f"{self.artifact} [{self.runtime}] accuracy {self.accuracy:.2f}%{agree} -> {verdict}"
+        accuracy = f"accuracy {self.accuracy:.2f}%" if self.accuracy is not None else "accuracy not measured (no labels)"
+        return f"{self.artifact} [{self.runtime}] {accuracy}{agree} -> {verdict}"
 
 
 def predict_logits(runner, data, preprocess, batch_size: int = 64) -> np.ndarray:
@@ -82,6 +83,8 @@ def validate(
 
     ``reference``: a Runner or its saved logits on the same data (the FP32 torch model, usually).
     ``logits``: outputs already computed (e.g. on a device); then ``runner`` may be None.
+    Unlabelled ``data`` (every label ``UNLABELLED``, -1) has no accuracy: the report holds agreement with the
+    reference only, and the gate's accuracy floor and drop do not apply.
     """
     start = time.perf_counter()
     if logits is None:
@@ -89,12 +92,13 @@ def validate(
     labels = data.labels
     if len(logits) != len(labels):
         raise DataError(f"{len(logits)} outputs for {len(labels)} samples; the validation slice does not match")
+    labelled = bool(len(labels)) and bool((labels >= 0).all())  # unlabelled data: agreement only
     report = ValidationReport(
         artifact=artifact or getattr(runner, "name", "model"),
         runtime=getattr(runner, "name", "device"),
         samples=len(labels),
-        accuracy=_accuracy(logits, labels),
-        macro_f1=_macro_f1(logits.argmax(1), labels, logits.shape[1]),
+        accuracy=_accuracy(logits, labels) if labelled else None,
+        macro_f1=_macro_f1(logits.argmax(1), labels, logits.shape[1]) if labelled else None,
     )
     if reference is not None:
         ref_logits = reference if isinstance(reference, np.ndarray) else predict_logits(reference, data, preprocess, batch_size)
@@ -108,8 +112,9 @@ def validate(
 def _compare(report: ValidationReport, logits: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> None:
     if ref.shape != logits.shape:
         raise DataError(f"reference logits have shape {ref.shape}, the artifact's {logits.shape}")
-    report.reference_accuracy = _accuracy(ref, labels)
-    report.accuracy_drop = round(report.reference_accuracy - report.accuracy, 4)
+    if report.accuracy is not None:
+        report.reference_accuracy = _accuracy(ref, labels)
+        report.accuracy_drop = round(report.reference_accuracy - report.accuracy, 4)
     report.agreement = float((logits.argmax(1) == ref.argmax(1)).mean())
     report.max_abs_logit_diff = float(np.abs(logits - ref).max())
     log_p, log_q = _log_softmax(ref), _log_softmax(logits)
@@ -119,7 +124,7 @@ def _compare(report: ValidationReport, logits: np.ndarray, ref: np.ndarray, labe
 def _judge(report: ValidationReport, gate) -> None:
     report.gate = asdict(gate)
     reasons = []
-    if gate.min_accuracy and report.accuracy < gate.min_accuracy:
+    if gate.min_accuracy and report.accuracy is not None and report.accuracy < gate.min_accuracy:
         reasons.append(f"accuracy {report.accuracy:.2f}% < floor {gate.min_accuracy:.2f}%")
     if report.accuracy_drop is not None and report.accuracy_drop > gate.max_accuracy_drop:
         reasons.append(f"accuracy drop {report.accuracy_drop:.2f} pt > {gate.max_accuracy_drop:.2f} pt allowed")

@@ -180,3 +180,39 @@ def test_reference_outputs_are_the_original_file_run_on_onnxruntime(user_files, 
     inputs = ctx.preprocess_of().normalize(ctx.splits.test.images)
     assert np.allclose(ctx.reference_logits(), session.run(None, {"pixels": inputs})[0], atol=1e-5)
     assert [p.name for p in ctx.plan()] == ["onnx-fp32", "openvino-fp32", "onnx-int8-static", "openvino-int8"]
+
+
+def test_unlabelled_photos_hold_every_variant_to_agreement_only(user_files, tmp_path, monkeypatch):
+    """Images straight in a folder: no accuracy anywhere, the gate judges agreement with the original."""
+    import shutil
+
+    from edgetl.pipeline.optimize import optimize
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in (user_files / "photos").rglob("*.png"):
+        shutil.copy(path, flat / f"{path.parent.name}-{path.name}")
+    monkeypatch.chdir(tmp_path)
+    logged: list[str] = []
+    summary = optimize(user_files / "model.onnx", flat, overrides=FAST, progress=False, log=logged.append, **IMAGENET)
+    assert summary["test_accuracy"] is None and any("no labels" in line for line in logged)
+    assert all(row["accuracy"] is None and row["agreement"] >= 0.9 for row in summary["variants"])
+    manifest = json.loads((tmp_path / "models/model/manifest.json").read_text())
+    assert all(a["validation"]["accuracy"] is None and a["validation"]["passed"] for a in manifest["artifacts"].values())
+    result = _edgetl(tmp_path, "verify", "models/model")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_training_on_unlabelled_images_says_what_to_do(tmp_path):
+    from edgetl.data.dataset import Splits
+    from edgetl.data.sources import _load_folder
+    from edgetl.errors import DataError
+    from edgetl.preprocess import ImagePreprocess
+    from edgetl.tasks import TASKS
+
+    for i, image in enumerate(pattern_images(2).images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    data = _load_folder(tmp_path, ImagePreprocess(image_size=32))
+    assert not data.labelled and data.class_counts() == {}
+    with pytest.raises(DataError, match="has no labels .* one sub-folder per class"):
+        TASKS.get("image-classification").check_splits(Splits(data, data, data))

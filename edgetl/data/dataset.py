@@ -9,8 +9,12 @@ import numpy as np
 from ..errors import DataError
 
 
+UNLABELLED = -1  # the label of every sample of an unlabelled set (images straight in a folder)
+
+
 class Labeled:
-    """What every labelled split shares (images or texts): int64 ``labels`` indexing ``classes``."""
+    """What every split shares (images or texts): int64 ``labels`` indexing ``classes``, or all ``UNLABELLED``
+    for data without labels (then only agreement with a reference can be measured, not accuracy)."""
 
     labels: np.ndarray
     classes: list[str]
@@ -18,13 +22,21 @@ class Labeled:
     def _check_labels(self, samples: int, what: str) -> None:
         if samples != len(self.labels):
             raise DataError(f"{samples} {what} but {len(self.labels)} labels")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+        if not len(self.labels) or (self.labels == UNLABELLED).all():
+            return
+        if self.labels.min() < 0 or self.labels.max() >= len(self.classes):
             raise DataError(f"labels must lie in [0, {len(self.classes)}), found {self.labels.min()}..{self.labels.max()}")
+
+    @property
+    def labelled(self) -> bool:
+        return not (len(self.labels) and (self.labels == UNLABELLED).all())
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def class_counts(self) -> dict[str, int]:
+        if not self.labelled:
+            return {}
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {name: int(count) for name, count in zip(self.classes, counts)}
 
@@ -77,7 +89,7 @@ def split_stratified(data: LabeledImages, fraction: float, seed: int) -> tuple[L
     """Split off ``fraction`` of every class (at least one item per class when it has two or more)."""
     rng = np.random.default_rng(seed)
     held, kept = [], []
-    for cls in range(len(data.classes)):
+    for cls in np.unique(data.labels):  # UNLABELLED data splits as one group
         idx = np.flatnonzero(data.labels == cls)
         rng.shuffle(idx)
         n_held = int(round(len(idx) * fraction))

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import DataError, RecipeError
 from ..preprocess.image import IMAGE_SUFFIXES
-from .dataset import LabeledImages, Splits, split_stratified, stratified_indices
+from .dataset import UNLABELLED, LabeledImages, Splits, split_stratified, stratified_indices
 from .registry import SOURCES
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -111,11 +111,15 @@ def _resized(images: np.ndarray, labels: np.ndarray, preprocess) -> LabeledImage
 
 
 def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Files and labels of an image-folder dataset: ``root/<class>/<image>``, classes sorted by name."""
+    """Files and labels of an image-folder dataset: ``root/<class>/<image>``, classes sorted by name; images
+    straight in ``root`` (no class sub-folders) are unlabelled (labels ``UNLABELLED``, no classes)."""
     if not root.is_dir():
         problem = f"image folder {root} is a file" if root.exists() else f"image folder not found: {root}"
         raise DataError(f"{problem}; data.path must be a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not classes and loose:  # images straight in the folder: unlabelled (a source model is held to agreement)
+        return loose, np.full(len(loose), UNLABELLED, dtype=np.int64), []
     if len(classes) < 2:
         raise DataError(f"{root} has {len(classes)} class sub-folder(s); an image folder needs at least 2, one "
                         f"sub-folder per class holding its images ({root}/<class>/<image>.jpg)")

@@ -144,6 +144,15 @@ class Imported:
         meta = self._meta(ctx)
         splits = ctx.task.load_splits(ctx.recipe, self.preprocess_of(ctx, meta, ctx.model_dir(TEACHER)))
         labels = meta["classes"]
+        if not splits.train.labelled:
+            ctx.log("data: no labels (images straight in the folder): accuracy is not measured; every variant is held "
+                    "to its agreement with the source model")
+            names = labels or [f"class_{i}" for i in range(meta["num_classes"] or 0)]
+            if not names:
+                raise EdgetlError("the model's output size is dynamic and neither it, model.labels nor the data "
+                                  "names its classes; give model.labels (--labels)")
+            return type(splits)(*(dataclasses.replace(split, classes=names)
+                                  for split in (splits.train, splits.val, splits.test)))
         if labels is None:
             if meta["num_classes"] is not None and len(splits.classes) != meta["num_classes"]:
                 raise EdgetlError(f"the data has {len(splits.classes)} classes but the model has {meta['num_classes']} "
@@ -211,10 +220,13 @@ class Imported:
         return "source model"
 
     def summary(self, ctx, teacher_result) -> dict[str, Any]:
-        reference = ctx.reference_logits(TEACHER)
-        accuracy = float((reference.argmax(1) == ctx.splits.test.labels).mean() * 100)
+        """The source, and its accuracy on the test split (None: the data has no labels)."""
+        accuracy = None
+        if ctx.splits.test.labelled:
+            reference = ctx.reference_logits(TEACHER)
+            accuracy = round(float((reference.argmax(1) == ctx.splits.test.labels).mean() * 100), 4)
         return {"source": teacher_result["source"], "source_sha256": teacher_result["source_sha256"],
-                "test_accuracy": round(accuracy, 4)}
+                "test_accuracy": accuracy}
 
     def provenance(self, ctx) -> dict[str, str] | None:
         meta = self._meta(ctx)

@@ -128,7 +128,8 @@ def validate_artifact(ctx: RunContext, artifact: Planned) -> dict[str, Any]:
 def _against_teacher(ctx: RunContext, artifact: Planned, logits: np.ndarray, report) -> dict[str, Any]:
     """Teacher agreement for every artifact; for a student's, the relative-accuracy verdict too."""
     teacher = ctx.reference_logits(TEACHER)
-    teacher_accuracy = float((teacher.argmax(1) == ctx.splits.test.labels).mean() * 100)
+    labelled = ctx.splits.test.labelled
+    teacher_accuracy = float((teacher.argmax(1) == ctx.splits.test.labels).mean() * 100) if labelled else None
     extra: dict[str, Any] = {
         "model": artifact.model,
         "teacher_agreement": float((logits.argmax(1) == teacher.argmax(1)).mean()),

@@ -152,7 +152,7 @@ def make_int8_accuracy_aware(source: Path, work: Path, *, calibration: np.ndarra
     validation_dataset = nncf.Dataset([np.asarray([i]) for i in range(len(data))],
                                       lambda item: preprocess.inputs(data, item[:1].astype(np.int64)))
     reference = None
-    if config.min_agreement > 0:  # hold the INT8 model to agreement with the FP32 one, as the gate does
+    if config.min_agreement > 0 or not data.labelled:  # agreement with the FP32 model, as the gate holds it to
         from ..validate import predict_logits
 
         fp32 = _ov().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

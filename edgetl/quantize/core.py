@@ -45,15 +45,16 @@ class ValidationSet:
     preprocess: Any  # edgetl.data.ImagePreprocess
 
     def subset(self, size: int, method: str) -> Any:
-        """At most ``size`` samples, stratified over classes (fixed seed), or a one-line error when empty."""
+        """At most ``size`` samples, stratified over the classes present (fixed seed), or a one-line error when
+        empty."""
         data = self.data
         if len(data) > size:
             from ..data.dataset import stratified_indices
 
-            per_class = -(-size // len(data.classes))
+            per_class = -(-size // len(np.unique(data.labels)))  # the groups present (unlabelled data: one)
             data = data.subset(np.sort(stratified_indices(data.labels, per_class, 0)[:size]))
         if len(data) == 0:
-            raise QuantizationError(f"{method} needs labelled validation samples; the validation split is empty")
+            raise QuantizationError(f"{method} needs validation samples; the validation split is empty")
         return data
 
 

@@ -62,6 +62,9 @@ class Task(ABC):
 
     def check_splits(self, splits) -> None:
         """Every split non-empty with the train split's classes; at least two classes, each present in train."""
+        if not splits.train.labelled:
+            raise DataError(f"the data has no labels ({self.samples} straight in the folder); training needs them: "
+                            f"put the {self.samples} in one sub-folder per class")
         for name in SPLIT_NAMES:
             split = getattr(splits, name)
             if len(split) == 0:
