@@ -232,16 +232,45 @@ def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
 
 
 @app.command()
-def validate(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Run the shared validation check on every exported variant; exit 1 if any fails."""
-    stages, ctx = _context(recipe, set_, quiet)
-    reports = stages.validate_stage(ctx)
+def validate(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML (none: the built-in example), or a model file "
+                                                     "(.onnx, .xml) made elsewhere, with --reference and --data.")
+                      ] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Model file only: the original it must agree with.")
+                         ] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Model file only: image folder to check on.")
+                    ] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Model file only: the original's class names.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Model file only: pixel mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Model file only: pixel std, e.g. 0.229,0.224,0.225.")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the shared validation check on every exported variant (or on one model file against its original);
+    exit 1 if any fails."""
+    from .pipeline.optimize import MODEL_FILE_RUNTIMES, validate_file
+
+    if recipe is not None and recipe.suffix.lower() in MODEL_FILE_RUNTIMES:
+        if reference is None or data is None:
+            raise EdgetlError(f"validating the model file {recipe.name} needs --reference ORIGINAL and --data DATA")
+        report = validate_file(recipe, reference, data, labels=labels, mean=_floats(mean, "--mean"),
+                               std=_floats(std, "--std"), overrides=set_ or [], log=out_print)
+        reports = {recipe.name: report}
+    elif reference is not None or data is not None:
+        raise EdgetlError("--reference and --data go with a model file: edgetl validate model.onnx --reference "
+                          "original.onnx --data photos/")
+    else:
+        stages, ctx = _context(recipe, set_, quiet)
+        reports = stages.validate_stage(ctx)
     for name, report in reports.items():
         verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
         accuracy = f"{report['accuracy']:.2f}%" if report["accuracy"] is not None else "not measured (no labels)"
-        out.print(f"{name}: accuracy {accuracy}, agreement {report['agreement']:.2%} -> {verdict}")
-    if not all(r["passed"] for r in reports.values()):
-        raise typer.Exit(1)
+        out.print(f"{name}: accuracy {accuracy}, agreement {report['agreement']:.2%}, max |Δlogit| "
+                  f"{report['max_abs_logit_diff']:.3g} -> {verdict}", highlight=False)
+    failed = [name for name, r in reports.items() if not r["passed"]]
+    if failed:
+        _fail(f"{len(failed)} of {len(reports)} failed the validation gate ({', '.join(failed[:4])}"
+              f"{', ...' if len(failed) > 4 else ''}); see the reasons above, or loosen [validate.gate]", 1)
 
 
 @app.command()

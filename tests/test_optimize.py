@@ -216,3 +216,30 @@ def test_training_on_unlabelled_images_says_what_to_do(tmp_path):
     assert not data.labelled and data.class_counts() == {}
     with pytest.raises(DataError, match="has no labels .* one sub-folder per class"):
         TASKS.get("image-classification").check_splits(Splits(data, data, data))
+
+
+def test_validate_a_model_made_elsewhere_against_its_original(user_files, tmp_path, monkeypatch):
+    """The shared check on files another tool made: a dynamic-INT8 copy passes, an unrelated model fails (exit 1)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgetl.backbones import create_model
+    from edgetl.pipeline.optimize import validate_file
+
+    quantize_dynamic(str(user_files / "model.onnx"), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
+    torch.manual_seed(1)
+    other = create_model("tiny_convnet", num_classes=3, image_size=32, weights=None).eval()
+    torch.onnx.export(other, (torch.zeros(1, 3, 32, 32),), str(tmp_path / "other.onnx"), input_names=["pixels"],
+                      dynamic_axes={"pixels": {0: "n"}}, opset_version=17, dynamo=False)
+    monkeypatch.chdir(tmp_path)
+    options = {"labels": user_files / "labels.txt", **IMAGENET}
+    report = validate_file(tmp_path / "int8.onnx", user_files / "model.onnx", user_files / "photos",
+                           log=lambda m: None, **options)
+    assert report["passed"] and report["agreement"] >= 0.95 and report["accuracy"] > 90 and report["samples"] == 45
+    args = ["validate", "other.onnx", "--reference", str(user_files / "model.onnx"), "--data",
+            str(user_files / "photos"), "--labels", str(user_files / "labels.txt"), "--mean", "0.5,0.5,0.5",
+            "--std", "0.5,0.5,0.5"]
+    result = _edgetl(tmp_path, *args)
+    assert result.returncode == 1 and "other.onnx: accuracy" in result.stdout and "FAIL" in result.stdout, result.stdout
+    assert result.stderr.strip().splitlines() == ["error: 1 of 1 failed the validation gate (other.onnx); see the "
+                                                  "reasons above, or loosen [validate.gate]"], result.stderr

@@ -72,3 +72,39 @@ def _name(stem: str) -> str:
     """A plain run/bundle name from a file name: letters, digits, '.', '-', '_'."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "model"
     return name
+
+
+MODEL_FILE_RUNTIMES = {".onnx": "onnxruntime:CPUExecutionProvider", ".xml": "openvino:CPU"}
+
+
+def validate_file(model_file: str | Path, reference: str | Path, data: str | Path, *, overrides: Sequence[str] = (),
+                  log: Callable[[str], None] = print, **options: Any) -> dict[str, Any]:
+    """The shared validation check on a model made elsewhere (say, quantized by another tool): ``model_file`` (.onnx
+    on onnxruntime, .xml on OpenVINO) against the original ``reference`` file, on the test split of ``data``, held
+    to ``validate.gate``. The report, as every artifact's validation record holds it.
+
+    The reference is imported as ``optimize`` imports it (``runs/<reference stem>/source/``), so its outputs are
+    computed once and the split is the same one ``optimize`` judges its own variants on."""
+    from ..recipe import load_recipe
+    from ..runners import open_runner
+    from ..validate import validate
+    from .context import RunContext
+    from .lock import run_lock
+
+    path = Path(model_file).expanduser()
+    runtime = MODEL_FILE_RUNTIMES.get(path.suffix.lower())
+    if runtime is None:
+        raise RecipeError(f"{path.name}: validate takes a {' or '.join(MODEL_FILE_RUNTIMES)} model file")
+    if not path.is_file():
+        raise RecipeError(f"model file {str(path)!r} not found; give the path of the model to check")
+    recipe = load_recipe(None, [*optimize_overrides(reference, data, **options), *overrides])
+    with run_lock(recipe.run_dir):
+        ctx = RunContext(recipe, progress=False, log=log)
+        ctx.origin.teacher(ctx)
+        runner = open_runner(path, runtime, threads=recipe.bench.threads)
+        try:
+            report = validate(runner, ctx.splits.test, ctx.preprocess_of(), reference=ctx.reference_logits(),
+                              gate=recipe.validate.gate, batch_size=recipe.validate.batch_size, artifact=path.name)
+        finally:
+            runner.close()
+    return {**report.to_dict(), "reference": str(Path(reference)), "data": str(Path(data))}
