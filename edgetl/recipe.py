@@ -130,7 +130,15 @@ def check_source(recipe: Recipe) -> None:
         return
     if not Path(model.source).expanduser().is_file():
         raise RecipeError(f"model.source {model.source!r} is not a file; give the path of your model file")
-    source_format(model.source)
+    fmt = source_format(model.source)
+    from .quantize import QUANTIZERS
+
+    for key, names in (("export.formats", recipe.export.formats), ("quantize.methods", recipe.quantize.methods)):
+        for i, name in enumerate(names):
+            needs = name if key == "export.formats" else QUANTIZERS.get(name).source
+            if needs not in fmt.formats:
+                raise RecipeError(f"{key}[{i}]: {name} needs an {needs} model, and a {fmt.name} model.source cannot "
+                                  f"be turned into one; keep to {' and '.join(fmt.formats)} here")
     if model.labels and not Path(model.labels).expanduser().is_file():
         raise RecipeError(f"model.labels {model.labels!r} is not a file; give a file with one class name per line")
     if recipe.quantize.qat:

@@ -130,7 +130,7 @@ def test_what_the_model_or_data_lack_is_one_clear_error(user_files, tmp_path, mo
 
 @pytest.mark.parametrize("override, words", [
     ("model.source='nope.onnx'", ["model.source 'nope.onnx' is not a file"]),
-    ("model.source='labels.txt'", ["edgetl reads .onnx model files", "export the model to ONNX"]),
+    ("model.source='labels.txt'", ["edgetl reads .onnx, .xml model files", "export the model to ONNX"]),
     ("quantize.qat=true", ["quantize.qat", "set quantize.qat = false"]),
     ("model.mean=[0.5]", ["model.mean describes a model.source"]),
 ])
@@ -243,3 +243,26 @@ def test_validate_a_model_made_elsewhere_against_its_original(user_files, tmp_pa
     assert result.returncode == 1 and "other.onnx: accuracy" in result.stdout and "FAIL" in result.stdout, result.stdout
     assert result.stderr.strip().splitlines() == ["error: 1 of 1 failed the validation gate (other.onnx); see the "
                                                   "reasons above, or loosen [validate.gate]"], result.stderr
+
+
+def test_an_openvino_ir_source_makes_openvino_variants_only(user_files, tmp_path, monkeypatch):
+    import openvino as ov
+
+    from edgetl.pipeline.optimize import optimize
+
+    ov.save_model(ov.convert_model(str(user_files / "model.onnx")), str(tmp_path / "ir" / "net.xml"),
+                  compress_to_fp16=False)
+    monkeypatch.chdir(tmp_path)
+    options = {"labels": user_files / "labels.txt", **IMAGENET}
+    with pytest.raises(RecipeError, match=r"quantize.methods\[0\]: onnx-int8-static needs an onnx model"):
+        optimize(tmp_path / "ir" / "net.xml", user_files / "photos", overrides=FAST, log=lambda m: None, **options)
+    fast = [item for item in FAST if not item.startswith("quantize.methods")]
+    summary = optimize(tmp_path / "ir" / "net.xml", user_files / "photos", overrides=fast, progress=False,
+                       log=lambda m: None, **options)
+    assert [row["variant"] for row in summary["variants"]] == ["openvino-fp32", "openvino-int8", "openvino-fp16"]
+    assert summary["test_accuracy"] > 90 and all(row["agreement"] >= 0.9 for row in summary["variants"])
+    manifest = json.loads((tmp_path / "models/net/manifest.json").read_text())
+    assert manifest["source_model"]["format"] == "openvino"
+    assert all(entry["format"] == "openvino" for entry in manifest["artifacts"].values())
+    result = _edgetl(tmp_path, "verify", "models/net.tar.gz")
+    assert result.returncode == 0, result.stdout + result.stderr

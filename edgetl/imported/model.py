@@ -28,10 +28,10 @@ class SourceModel:
     """A model file as edgetl reads it: its inputs, its first output's width, and its own metadata."""
 
     path: Path
-    format: str  # "onnx"
+    format: str  # "onnx" or "openvino"
     inputs: list[ModelInput]
     output_shape: tuple[int | None, ...]
-    metadata: dict[str, str] = field(default_factory=dict)  # ONNX metadata_props
+    metadata: dict[str, str] = field(default_factory=dict)  # ONNX metadata_props / the IR's rt_info model_info
     opset: int | None = None
 
     @property
@@ -68,6 +68,7 @@ class SourceFormat:
     copy: Callable[[Path, Path, dict[str, str]], None]  # (source, destination file, metadata to add)
     file: str  # the model file's name inside the run's source folder
     runtime: str  # where the original runs: the reference every variant is held to
+    formats: tuple[str, ...]  # the export formats a run can make from it (and so the quantizers it can feed)
 
 
 SOURCE_FORMATS: Registry[SourceFormat] = Registry("model source format", key="model.source")
@@ -132,4 +133,54 @@ def _copy_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> Non
 
 
 SOURCE_FORMATS.register("onnx", SourceFormat("onnx", (".onnx",), _read_onnx, _copy_onnx, "model.onnx",
-                                             "onnxruntime:CPUExecutionProvider"))
+                                             "onnxruntime:CPUExecutionProvider", ("onnx", "openvino")))
+
+
+# -- OpenVINO IR --------------------------------------------------------------------------------------
+
+_OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "boolean": "bool"}
+
+
+def _read_openvino(path: Path) -> SourceModel:
+    from ..quantize.core import openvino_module
+
+    ov = openvino_module()
+    if not path.with_suffix(".bin").is_file():
+        raise RecipeError(f"model.source {path.name} has no {path.with_suffix('.bin').name} beside it; an OpenVINO IR "
+                          "is the .xml and its .bin together")
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise RecipeError(f"model.source {path} is not a readable OpenVINO IR ({str(exc).splitlines()[0][:120]}); "
+                          "check the .xml/.bin pair, or re-export it") from None
+
+    def dims(port) -> tuple[int | None, ...]:
+        return tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+
+    inputs = [ModelInput(port.get_any_name(), dims(port), _OV_TYPES.get(port.get_element_type().get_type_name(),
+                                                                          "float32")) for port in model.inputs]
+    metadata = {}
+    if model.has_rt_info(["model_info"]):
+        section = model.get_rt_info(["model_info"]).astype(dict)
+        metadata = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in section.items()}
+    return SourceModel(path=path, format="openvino", inputs=inputs, output_shape=dims(model.outputs[0]),
+                       metadata=metadata)
+
+
+def _copy_openvino(source: Path, destination: Path, metadata: dict[str, str]) -> None:
+    """The IR (.xml and .bin) with ``metadata`` added to its rt_info; weights kept in their precision."""
+    from ..quantize.core import openvino_module
+
+    ov = openvino_module()
+    model = ov.Core().read_model(str(source))
+    for key, value in metadata.items():
+        model.set_rt_info(value, ["model_info", key])
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.with_name(f".{destination.stem}.partial.xml")
+    ov.save_model(model, str(staging), compress_to_fp16=False)
+    staging.with_suffix(".bin").replace(destination.with_suffix(".bin"))  # the weights before the file naming them
+    staging.replace(destination)
+
+
+SOURCE_FORMATS.register("openvino", SourceFormat("openvino", (".xml",), _read_openvino, _copy_openvino, "model.xml",
+                                                 "openvino:CPU", ("openvino",)))

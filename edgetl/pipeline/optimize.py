@@ -34,7 +34,7 @@ def optimize_overrides(
     """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``."""
     model, data = Path(model).expanduser(), Path(data).expanduser()
     if not model.exists():
-        raise RecipeError(f"model {str(model)!r} not found; give the path of your .onnx file")
+        raise RecipeError(f"model {str(model)!r} not found; give the path of your .onnx (or OpenVINO .xml) file")
     if not data.exists():
         raise RecipeError(f"data {str(data)!r} not found; give an image folder (one sub-folder per class) or a "
                           f"{'/'.join(TEXT_SUFFIXES)} file")
@@ -46,6 +46,9 @@ def optimize_overrides(
         "data.path": str(data.resolve()), "data.val_fraction": VAL_FRACTION, "data.test_fraction": TEST_FRACTION,
         "distill.enabled": False, "quantize.qat": False, "quantize.models": ["teacher"],
     }
+    if model.suffix.lower() == ".xml":  # an OpenVINO IR becomes OpenVINO variants only
+        values.update({"export.formats": ["openvino"], "ship.formats": ["openvino"],
+                       "quantize.methods": ["openvino-int8", "openvino-fp16"]})
     if labels:
         values["model.labels"] = str(Path(labels).expanduser().resolve())
     if size:

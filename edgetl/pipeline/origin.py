@@ -177,8 +177,8 @@ class Imported:
 
     def checkpoint_files(self, ctx, folder: Path) -> list[Path]:
         meta = Path(folder) / SOURCE_META
-        file = read_json(meta)["file"] if meta.is_file() else "model.onnx"
-        return [Path(folder) / file, meta]
+        file = Path(folder) / (read_json(meta)["file"] if meta.is_file() else "model.onnx")
+        return [file, *([file.with_suffix(".bin")] if file.suffix == ".xml" else []), meta]
 
     def load(self, ctx, folder: Path):
         """(the model file, its metadata, with the data's classes as labels when the model has none)."""
@@ -206,9 +206,11 @@ class Imported:
 
         path, meta = ctx.model(model_key)
         metadata = {k: v if isinstance(v, str) else _json(v) for k, v in ctx.model_metadata(model_key).items()}
-        if fmt == "onnx" and meta["format"] == "onnx":
-            source_format(path).copy(path, folder / "model.onnx", metadata)
-            return {"format": "onnx", "files": ["model.onnx"], "opset": meta.get("opset"),
+        if fmt == meta["format"]:  # the original graph, with labels and preprocessing added to its metadata
+            source = source_format(path)
+            source.copy(path, folder / source.file, metadata)
+            files = [source.file] + (["model.bin"] if fmt == "openvino" else [])
+            return {"format": fmt, "files": files, "opset": meta.get("opset"),
                     "exporter": f"the source model as is ({Path(meta['source']).name})", "metadata": metadata}
         if fmt == "openvino":
             return export_openvino(source("onnx"), folder / "model.xml",
