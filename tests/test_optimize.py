@@ -47,6 +47,9 @@ def user_files(tmp_path_factory):
     torch.onnx.export(model.eval(), (torch.zeros(1, 3, 32, 32),), str(root / "model.onnx"), input_names=["pixels"],
                       output_names=["scores"], dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
                       opset_version=17, dynamo=False)
+    program = torch.export.export(model, (torch.zeros(2, 3, 32, 32),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(root / "model.pt2"))
     photos = pattern_images(30, seed=5)
     for i, (image, label) in enumerate(zip(photos.images, photos.labels)):
         folder = root / "photos" / CLASSES[label]
@@ -130,7 +133,7 @@ def test_what_the_model_or_data_lack_is_one_clear_error(user_files, tmp_path, mo
 
 @pytest.mark.parametrize("override, words", [
     ("model.source='nope.onnx'", ["model.source 'nope.onnx' is not a file"]),
-    ("model.source='labels.txt'", ["edgetl reads .onnx, .xml model files", "export the model to ONNX"]),
+    ("model.source='labels.txt'", ["edgetl reads .onnx, .xml, .pt2 model files", "export the model to ONNX"]),
     ("quantize.qat=true", ["quantize.qat", "set quantize.qat = false"]),
     ("model.mean=[0.5]", ["model.mean describes a model.source"]),
 ])
@@ -266,3 +269,27 @@ def test_an_openvino_ir_source_makes_openvino_variants_only(user_files, tmp_path
     assert all(entry["format"] == "openvino" for entry in manifest["artifacts"].values())
     result = _edgetl(tmp_path, "verify", "models/net.tar.gz")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_torch_export_program_is_held_to_itself_run_in_torch(user_files, tmp_path, monkeypatch):
+    import torch
+
+    from edgetl.pipeline.optimize import optimize
+
+    monkeypatch.chdir(tmp_path)
+    logged: list[str] = []
+    summary = optimize(user_files / "model.pt2", user_files / "photos", overrides=FAST, progress=False,
+                       log=logged.append, labels=user_files / "labels.txt", **IMAGENET)
+    assert [row["variant"] for row in summary["variants"]] == ["onnx-fp32", "openvino-fp32", "onnx-int8-static",
+                                                               "openvino-int8"]
+    fp32 = next(row for row in summary["variants"] if row["variant"] == "onnx-fp32")
+    assert fp32["agreement"] == 1.0 and summary["test_accuracy"] > 90
+    export = json.loads((tmp_path / "runs/model/artifacts/onnx-fp32/export.json").read_text())
+    assert "torch.export program" in export["exporter"]
+    validation = json.loads((tmp_path / "runs/model/artifacts/onnx-fp32/validation.json").read_text())["report"]
+    assert validation["max_abs_logit_diff"] < 1e-4  # the ONNX export against the program itself, run by torch
+    fixed = torch.export.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),))
+    torch.export.save(fixed, str(tmp_path / "fixed.pt2"))
+    with pytest.raises(RecipeError, match="batch axis is fixed at 1; export it with a dynamic batch"):
+        optimize(tmp_path / "fixed.pt2", user_files / "photos", overrides=FAST, progress=False, log=lambda m: None,
+                 **IMAGENET)

@@ -28,7 +28,7 @@ class SourceModel:
     """A model file as edgetl reads it: its inputs, its first output's width, and its own metadata."""
 
     path: Path
-    format: str  # "onnx" or "openvino"
+    format: str  # "onnx", "openvino" or "torch-export"
     inputs: list[ModelInput]
     output_shape: tuple[int | None, ...]
     metadata: dict[str, str] = field(default_factory=dict)  # ONNX metadata_props / the IR's rt_info model_info
@@ -69,6 +69,10 @@ class SourceFormat:
     file: str  # the model file's name inside the run's source folder
     runtime: str  # where the original runs: the reference every variant is held to
     formats: tuple[str, ...]  # the export formats a run can make from it (and so the quantizers it can feed)
+    # what open_runner takes to run the original (default: the file itself), and an ONNX exporter for a source that
+    # is not ONNX already (path, destination, metadata)
+    reference: Callable[[Path], Any] | None = None
+    to_onnx: Callable[[Path, Path, dict[str, str]], dict[str, Any]] | None = None
 
 
 SOURCE_FORMATS: Registry[SourceFormat] = Registry("model source format", key="model.source")
@@ -184,3 +188,93 @@ def _copy_openvino(source: Path, destination: Path, metadata: dict[str, str]) ->
 
 SOURCE_FORMATS.register("openvino", SourceFormat("openvino", (".xml",), _read_openvino, _copy_openvino, "model.xml",
                                                  "openvino:CPU", ("openvino",)))
+
+
+# -- a torch.export program (.pt2) ---------------------------------------------------------------------
+
+
+def _load_program(path: Path):
+    """The ExportedProgram in ``path``. torch.export's own format (a graph and its weights), not a pickle: loading
+    it runs no code from the file."""
+    import torch
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:
+        raise RecipeError(f"model.source {path} is not a torch.export program ({str(exc).splitlines()[0][:120]}); "
+                          "save one with torch.export.save(torch.export.export(model, example_inputs), PATH)") from None
+
+
+def _read_program(path: Path) -> SourceModel:
+    program = _load_program(path)
+    user_inputs = set(program.graph_signature.user_inputs)
+
+    def dims(value) -> tuple[int | None, ...]:
+        return tuple(int(d) if isinstance(d, int) else None for d in value.shape)
+
+    inputs = [ModelInput(node.name, dims(node.meta["val"]), str(node.meta["val"].dtype).removeprefix("torch."))
+              for node in program.graph.nodes if node.op == "placeholder" and node.name in user_inputs]
+    output = next(node for node in program.graph.nodes if node.op == "output").args[0][0]
+    model = SourceModel(path=path, format="torch-export", inputs=inputs, output_shape=dims(output.meta["val"]))
+    if inputs and inputs[0].shape and inputs[0].shape[0] is not None:
+        raise RecipeError(f"model.source {path.name}: its batch axis is fixed at {inputs[0].shape[0]}; export it with a "
+                          "dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: "
+                          "torch.export.Dim('batch')},))")
+    return model
+
+
+def _copy_file(source: Path, destination: Path, metadata: dict[str, str]) -> None:
+    import shutil
+
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _program_module(path: Path):
+    """The program as a module the torch runner can call (its ``eval()`` is refused by torch.export's own module,
+    which is held here unregistered: it has no training mode to switch)."""
+    import torch
+
+    class Program(torch.nn.Module):
+        def __init__(self, module) -> None:
+            super().__init__()
+            self.__dict__["program"] = module
+
+        def forward(self, *args):
+            return self.program(*args)
+
+    return Program(_load_program(path).module())
+
+
+def _program_to_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """torch.onnx's dynamo exporter on the program itself (one file, the batch axis kept dynamic)."""
+    import contextlib
+    import io
+
+    import onnx
+    import torch
+
+    program = _load_program(source)
+    example = tuple(node.meta["val"] for node in program.graph.nodes
+                    if node.op == "placeholder" and node.name in set(program.graph_signature.user_inputs))
+    args = tuple(torch.zeros([d if isinstance(d, int) else 2 for d in v.shape], dtype=v.dtype) for v in example)
+    with atomic_path(destination) as tmp:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+                torch.onnx.export(program, args, str(tmp), dynamo=True, external_data=False, opset_version=18)
+        except Exception as exc:
+            from ..errors import ExportError
+
+            raise ExportError(f"torch.onnx could not export {source.name}: {str(exc).splitlines()[0][:200]}; export "
+                              "it to ONNX yourself and give that file as model.source") from None
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(tmp))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"format": "onnx", "files": [destination.name], "opset": opset, "exporter": "torch.onnx (dynamo) from "
+            f"the torch.export program {source.name}", "metadata": metadata}
+
+
+SOURCE_FORMATS.register("torch-export", SourceFormat(
+    "torch-export", (".pt2",), _read_program, _copy_file, "model.pt2", "torch:cpu", ("onnx", "openvino"),
+    reference=_program_module, to_onnx=_program_to_onnx))

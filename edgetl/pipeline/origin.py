@@ -195,12 +195,15 @@ class Imported:
     def reference_runner(self, ctx, model_key: str):
         from ..runners import open_runner
 
+        from ..imported.model import source_format
+
         path, meta = ctx.model(model_key)
-        return open_runner(path, meta["runtime"])
+        source = source_format(path)
+        return open_runner(source.reference(path) if source.reference else path, meta["runtime"])
 
     def export(self, ctx, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]) -> dict[str, Any]:
-        """onnx: the original graph, with labels and preprocessing added to its metadata; openvino: converted from
-        that ONNX file by OpenVINO."""
+        """The source's own format: the original graph, with labels and preprocessing added to its metadata; onnx
+        from a torch.export program: torch.onnx's exporter; openvino from ONNX: OpenVINO's converter."""
         from ..export import export_openvino
         from ..imported.model import source_format
 
@@ -212,6 +215,8 @@ class Imported:
             files = [source.file] + (["model.bin"] if fmt == "openvino" else [])
             return {"format": fmt, "files": files, "opset": meta.get("opset"),
                     "exporter": f"the source model as is ({Path(meta['source']).name})", "metadata": metadata}
+        if fmt == "onnx" and source_format(path).to_onnx:
+            return source_format(path).to_onnx(path, folder / "model.onnx", metadata)
         if fmt == "openvino":
             return export_openvino(source("onnx"), folder / "model.xml",
                                    compress_to_fp16=ctx.recipe.export.compress_to_fp16, metadata=metadata).to_dict()
