@@ -101,7 +101,7 @@ def test_wheel_ships_the_recipes_and_target_profiles_and_nothing_outside_the_pac
     assert sorted(n.removeprefix("edgetl/targets/").removesuffix(".toml") for n in names
                   if n.startswith("edgetl/targets/") and n.endswith(".toml")) == SHIPPED_TARGETS  # fmt: skip
     assert len(SHIPPED_TARGETS) >= 6 and {"local-cpu", "raspberry-pi-4"} <= set(SHIPPED_TARGETS)
-    assert {"edgetl/cli.py", "edgetl/train/finetune.py", "edgetl/bench/targets.py"} <= set(names)
+    assert {"edgetl/cli/app.py", "edgetl/train/finetune.py", "edgetl/bench/targets.py"} <= set(names)
     top = {name.split("/", 1)[0] for name in names}
     assert top == {"edgetl", "edgetl-0.1.0.dist-info"}, top  # no tests/, runs/, models/, build/, benchmarks/
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

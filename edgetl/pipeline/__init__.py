@@ -28,6 +28,6 @@ from .stages import (
 
 __all__ = [
     "Planned", "RunContext", "bench_stage", "contract_stage", "distill_stage", "distill_summary", "export_stage",
-    "finetune_stage", "made", "plan", "qat_stage", "quantize_stage", "run", "select", "ship_stage", "summary_rows",
-    "validate_artifact", "validate_stage",
+    "finetune_stage", "lock", "made", "plan", "qat_stage", "quantize_stage", "run", "select", "ship_stage",
+    "summary_rows", "validate_artifact", "validate_stage",
 ]

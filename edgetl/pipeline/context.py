@@ -16,9 +16,9 @@ import numpy as np
 from .._io import atomic_path, read_json, sha256_file, write_json
 from ..errors import EdgetlError
 from ..settings import Recipe
-from ..tasks import STUDENT, TEACHER, Task, get_task
+from ..tasks import TEACHER, Task, get_task
 from .origin import origin_of
-from .plan import Planned, fp32_artifact, plan
+from .plan import TORCH_VARIANT, Planned, fp32_artifact, plan, prefix
 
 
 
@@ -70,7 +70,7 @@ class RunContext:
 
     def reference_name(self, model_key: str = TEACHER) -> str:
         """What the model's variants are held to: ``torch-fp32`` (``student-torch-fp32``), or the source model."""
-        return self.origin.reference_name(model_key)
+        return prefix(model_key) + TORCH_VARIANT if self.origin.has_torch else "source model"
 
     def fp32_artifact(self, model_key: str, fmt: str) -> Planned:
         return fp32_artifact(model_key, fmt)
@@ -135,7 +135,6 @@ class RunContext:
     def reference_logits(self, model_key: str = TEACHER) -> np.ndarray:
         """The reference's logits on the test split (the FP32 torch model, or the source model on its own
         runtime): what every variant of the model is held to."""
-        from ..runners import open_runner
         from ..validate import predict_logits
 
         digest = self.checkpoint_hash(model_key)

