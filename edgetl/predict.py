@@ -1,4 +1,4 @@
-"""Run a shipped bundle: raw samples (images, texts) in, labels out, with onnxruntime or OpenVINO alone.
+"""Run a shipped bundle: raw samples (images, texts) in, labels (or embeddings) out, with onnxruntime or OpenVINO alone.
 
 The bundle's preprocessing (``preprocess.json``, loaded by ``edgetl.preprocess.load_preprocess``) turns raw samples
 into model inputs; this module never asks which modality it holds. Needs only numpy, what that preprocessing needs
@@ -10,6 +10,11 @@ runs on devices that cannot install them.
 ['Sneaker', 'Bag']
 >>> load_bundle("models/banking77").predict(["I still have not received my new card"])[0].label
 'card_arrival'
+
+An embedding bundle (manifest ``"output": "embedding"``, no labels) returns vectors instead: ``embed``.
+
+>>> load_bundle("models/minilm").embed(["where is my card?", "my card has not arrived"]).shape
+(2, 384)
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._io import sha256_file
-from .bundle import BundlePreprocess, ModelInputs, extract_archive, model_file, read_manifest
+from .bundle import (BundleOutput, BundlePreprocess, ModelInputs, bundle_output, extract_archive, model_file,
+                     read_manifest)
 from .errors import BackendUnavailable, BundleError, DataError, EdgetlError
 from .preprocess import load_preprocess
 from .runners import Runner, backend_for_file, open_runner, parse_runtime
@@ -54,7 +60,8 @@ class Prediction:
 
 
 class BundleModel:
-    """A bundle opened on one runtime. Use ``predict``; ``close`` (or a ``with`` block) frees the runtime."""
+    """A bundle opened on one runtime. Use ``predict`` (a classifier) or ``embed`` (an embedding model, whose
+    ``output`` is "embedding"); ``close`` (or a ``with`` block) frees the runtime."""
 
     def __init__(
         self,
@@ -65,6 +72,7 @@ class BundleModel:
         labels: list[str],
         preprocess: BundlePreprocess,
         workdir: tempfile.TemporaryDirectory | None = None,
+        output: BundleOutput | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -74,18 +82,31 @@ class BundleModel:
         self.labels = labels
         self.preprocess = preprocess
         self._workdir = workdir  # holds an extracted .tar.gz alive as long as the model
+        self._output = output or bundle_output(manifest, labels)
 
     @property
     def kind(self) -> str:
         """What the bundle classifies: its preprocessing's kind ("image", "text")."""
         return self.preprocess.kind
 
+    @property
+    def output(self) -> str:
+        """What the model returns per sample: "logits" (a classifier; use ``predict``) or "embedding" (``embed``)."""
+        return self._output.kind
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """The length of each embedding, for an embedding bundle; None for a classifier."""
+        return self._output.width if self._output.is_embedding else None
+
     def predict(self, samples: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         """Classify raw samples, whatever the bundle's preprocessing takes (image paths, PIL images or uint8 HWC
         arrays; texts); one Prediction per sample, in order.
 
-        Raises DataError naming the sample when one is missing or cannot be read.
+        Raises DataError naming the sample when one is missing or cannot be read, and BundleError on an
+        embedding bundle (it has no labels: use ``embed``).
         """
+        self._require("logits", "predict")
         if top_k < 1:
             raise EdgetlError(f"top_k must be at least 1, got {top_k}")
         samples = _as_list(samples)
@@ -101,7 +122,36 @@ class BundleModel:
 
     def predict_logits(self, samples: Sequence[Any], batch_size: int = 32) -> np.ndarray:
         """Raw model outputs, float32 (len(samples), number of labels)."""
+        self._require("logits", "predict_logits")
+        return self._outputs(samples, batch_size)
+
+    def embed(self, samples: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """The embeddings of raw samples (whatever the preprocessing takes), float32 (len(samples), embedding_dim),
+        one row per sample in order, as the model returns them (not re-normalised).
+
+        Raises BundleError on a classifier bundle (use ``predict``), DataError naming a sample that cannot be read.
+
+        >>> load_bundle("models/minilm").embed(["where is my card?"]).shape
+        (1, 384)
+        """
+        self._require("embedding", "embed")
+        return self._outputs(samples, batch_size)
+
+    def _require(self, output: str, method: str) -> None:
+        """BundleError, pointing to the right method, when the bundle's output is not ``output``."""
+        if self._output.kind == output:
+            return
+        if self._output.is_embedding:
+            raise BundleError(f"{self.path} is an embedding model ({self._output.describe()} per sample, no labels), "
+                              f"so it has no labels for {method}; call embed(samples) for its float32 "
+                              f"(N, {self._output.width}) embeddings")
+        raise BundleError(f"{self.path} is a classifier over {self._output.describe()}, not an embedding model, so "
+                          f"it has no {method}; call predict(samples) for labels or predict_logits(samples) for scores")
+
+    def _outputs(self, samples: Sequence[Any], batch_size: int) -> np.ndarray:
+        """The model's outputs on raw samples, float32 (len(samples), its output width), checked against it."""
         samples = _as_list(samples)
+        width = self._output.width
         static = self.runner.input_spec.shape[0] if self.runner.input_spec.shape else None
         # A model exported with a fixed batch size takes exactly that many rows per call.
         fixed = static if isinstance(static, int) and static > 0 else None
@@ -111,14 +161,14 @@ class BundleModel:
             chunk = samples[start : start + step]
             batch = self._encode(chunk, start)
             logits = np.asarray(self.runner.predict(_pad_rows(batch, fixed) if fixed else batch))[: len(chunk)]
-            if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            if logits.ndim != 2 or logits.shape[1] != width:
                 raise BundleError(
-                    f"{self.artifact} returned outputs of shape {logits.shape} for {len(self.labels)} labels; "
+                    f"{self.artifact} returned outputs of shape {logits.shape} for {self._output.describe()}; "
                     f"the bundle is inconsistent, run `edgetl verify {self.path}`"
                 )
             outputs.append(logits)
         if not outputs:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            return np.zeros((0, width), dtype=np.float32)
         return np.concatenate(outputs).astype(np.float32)
 
     def _encode(self, chunk: list[Any], start: int) -> ModelInputs:
@@ -159,7 +209,7 @@ class BundleModel:
         self.close()
 
     def __repr__(self) -> str:
-        return f"BundleModel({self.path}, artifact={self.artifact}, runtime={self.runtime}, {len(self.labels)} labels)"
+        return f"BundleModel({self.path}, artifact={self.artifact}, runtime={self.runtime}, {self._output.describe()})"
 
 
 def load_bundle(
@@ -170,7 +220,7 @@ def load_bundle(
     artifact: str | None = None,
     check_files: bool = True,
 ) -> BundleModel:
-    """Open a bundle folder (or its .tar.gz) for prediction.
+    """Open a bundle folder (or its .tar.gz) for prediction (``predict``) or, for an embedding bundle, ``embed``.
 
     ``runtime`` ("onnxruntime:CPUExecutionProvider", "openvino:CPU", ...) picks an artifact that backend runs;
     ``artifact`` picks one by name; neither: the manifest's default. ``check_files`` compares the sha256 of the
@@ -192,6 +242,7 @@ def load_bundle(
         labels = json.loads((root / "labels.json").read_text())
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ValueError("labels.json is not a list of strings")
+        output = bundle_output(manifest, labels)  # labels.json [] only for an embedding bundle
         preprocess = load_preprocess(json.loads((root / "preprocess.json").read_text()), root=root)
         if check_files:  # e.g. a tokenizer
             _check_files(root, manifest, preprocess.required_files())
@@ -205,7 +256,7 @@ def load_bundle(
         if isinstance(exc, (OSError, ValueError, TypeError)):  # unreadable files, malformed JSON
             raise BundleError(f"cannot load bundle {path}: {exc}; run `edgetl verify {path}`") from None
         raise
-    return BundleModel(path, manifest, name, runner, labels, preprocess, workdir)
+    return BundleModel(path, manifest, name, runner, labels, preprocess, workdir, output)
 
 
 def select_artifact(manifest: dict[str, Any], runtime: str | None = None, artifact: str | None = None) -> str:

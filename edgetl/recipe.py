@@ -128,8 +128,8 @@ def check_source(recipe: Recipe) -> None:
                 raise RecipeError(f"model.{key} describes a model.source, and none is given; set model.source or "
                                   f"remove model.{key}")
         return
-    if not Path(model.source).expanduser().is_file():
-        raise RecipeError(f"model.source {model.source!r} is not a file; give the path of your model file")
+    if not Path(model.source).expanduser().exists():
+        raise RecipeError(f"model.source {model.source!r} does not exist; give the path of your model file or folder")
     fmt = source_format(model.source)
     from .quantize import QUANTIZERS
 

@@ -60,7 +60,7 @@ class DataConfig:
     seed: int = ranged(0, ge=0, le=SEED_MAX)
     # text-file source: the column (CSV/TSV header) or field (JSONL) holding the text, and the one holding the label
     text_column: str = checked("text", not_empty)
-    label_column: str = checked("label", not_empty)
+    label_column: str = "label"  # "": the texts have no labels (a model.source is then held to agreement only)
 
 
 @dataclass
@@ -146,6 +146,9 @@ class GateConfig:
     min_agreement: float = ranged(0.99, ge=0, le=1)  # top-1 agreement with the reference
     max_abs_logit_diff: float = ranged(0.0, ge=0, note="0 = not checked")
     min_accuracy: float = ranged(0.0, ge=0, le=100)  # absolute floor, percent
+    # Embedding models (model.task = "text-embedding"): every sample's cosine similarity with the reference's
+    # embedding at least this; their "agreement" is nearest-neighbour agreement (min_agreement above)
+    min_cosine: float = ranged(0.99, ge=0, le=1)
 
 
 @dataclass

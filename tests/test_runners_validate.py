@@ -126,3 +126,20 @@ def test_runtimes_registry_names_the_backends():
     assert RUNTIMES.names() == ["onnxruntime", "openvino", "torch"] and RUNTIMES.get("onnxruntime") is OrtRunner
     with pytest.raises(EdgetlError, match=r"targets.runtimes: unknown runtime 'tensorflow'.*onnxruntime, openvino"):
         RUNTIMES.get("tensorflow", key="targets.runtimes")
+
+
+def test_embeddings_are_held_to_cosine_and_nearest_neighbour_agreement():
+    from edgetl.data import LabeledTexts
+    from edgetl.settings import GateConfig
+    from edgetl.validate import validate
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((40, 16)).astype(np.float32)
+    data = LabeledTexts([f"t{i}" for i in range(40)], np.full(40, -1, dtype=np.int64), [])
+    close = reference + 0.001 * rng.standard_normal(reference.shape).astype(np.float32)
+    report = validate(None, data, None, logits=close, reference=reference, gate=GateConfig(), output="embedding")
+    assert report.passed and report.accuracy is None and report.agreement == 1.0 and report.min_cosine > 0.99
+    shuffled = reference[rng.permutation(40)]
+    bad = validate(None, data, None, logits=shuffled, reference=reference, gate=GateConfig(), output="embedding")
+    assert not bad.passed and bad.min_cosine < 0.5 and bad.agreement < 0.5
+    assert any("cosine similarity" in r for r in bad.reasons) and any("nearest-neighbour" in r for r in bad.reasons)

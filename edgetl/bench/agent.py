@@ -8,7 +8,8 @@ device (or to a temporary folder for a local target), runs it, and reads JSON li
     {"event": "facts", ...}     CPU model, cores, memory, runtime versions, emulation settings
     {"event": "inputs", ...}    what is timed: the benchmark inputs' file, rows and row shape (or random data)
     {"event": "runtime", ...}   a runtime opened (cold start, its settings) or "not available: <why>"
-    {"event": "outputs", ...}   that runtime's logits on the bundle's validation slice
+    {"event": "outputs", ...}   that runtime's outputs on the bundle's validation slice, under "logits" (an
+                                embedding bundle's (N, D) embeddings too: the host knows which from the manifest)
     {"event": "stats", ...}     latency statistics at one batch size
     {"event": "skipped", ...}   a batch size a static-batch model cannot take
     {"event": "error", ...}     timeout, a missing package, or a failure; the agent then exits non-zero
@@ -134,7 +135,8 @@ def _load_inputs(backends: Any, root: str, path: str | None) -> Any:
 
 
 def _logits_on(backends: Any, runner: Any, inputs: Any) -> Any:
-    """The runner's logits on every row of ``inputs``, in batches its input takes (zero-padded to a static batch)."""
+    """The runner's outputs (logits or embeddings, one row per sample) on every row of ``inputs``, in batches its
+    input takes (zero-padded to a static batch)."""
     import numpy as np
 
     fixed = runner.input_spec.fixed_batch

@@ -25,14 +25,19 @@ from .targets import TargetProfile
 @dataclass
 class BundleData:
     """A bundle folder as benchmarking reads it: the manifest, the validation slice's arrays (inputs, labels,
-    reference logits), the validation gate its artifacts passed, and the .npz whose inputs are timed (None: random
-    data of ``manifest["input_shape"]``)."""
+    reference logits or embeddings), the validation gate its artifacts passed, and the .npz whose inputs are timed
+    (None: random data of ``manifest["input_shape"]``)."""
 
     root: Path
     manifest: dict[str, Any]
     slice: dict[str, np.ndarray] | None
     gate: dict[str, Any] | None
     timed_inputs: str | None
+
+    @property
+    def output(self) -> str:
+        """What the models return per sample: "logits", or "embedding" (a manifest without "output" predates it)."""
+        return self.manifest.get("output", "logits")
 
     @property
     def slice_file(self) -> str | None:

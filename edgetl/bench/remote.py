@@ -3,7 +3,8 @@
 Every target runs the same device agent (``agent.py``, with the host's own runners): in a local subprocess, or
 copied with the bundle to the device over one SSH session (``launch``). The agent returns latencies on the inputs
 the host measured with (``plan``) and its outputs on the bundle's validation slice; here the shared validation
-check judges those outputs against the host's reference, so a device that computes different answers fails
+check judges those outputs (logits, or an embedding bundle's embeddings by cosine similarity) against the host's
+reference, so a device that computes different answers fails
 whatever its speed. Targets run in parallel (local ones one at a time, since they share this CPU), and the merged
 results (``results``) are written atomically after each target finishes. A bare model file (.onnx, .xml) is
 staged as a bundle with random inputs and no validation slice (``model_file``) and then timed the same way.
@@ -190,9 +191,10 @@ def _read_measurements(result: TargetResult, events: list[dict[str, Any]], bundl
             result.runtimes.append(rt)
         elif kind == "outputs" and bundle.slice is not None:
             rt = by_runtime[event["runtime"]]
-            logits = np.asarray(event["logits"], dtype=np.float32)
-            report = validate(None, _SliceLabels(bundle.slice["labels"]), None, logits=logits,
-                              reference=bundle.slice["reference_logits"], gate=gate, artifact=rt.artifact or "")
+            outputs = np.asarray(event["logits"], dtype=np.float32)  # logits, or an embedding bundle's embeddings
+            report = validate(None, _SliceLabels(bundle.slice["labels"]), None, logits=outputs,
+                              reference=bundle.slice["reference_logits"], gate=gate, artifact=rt.artifact or "",
+                              output=bundle.output)
             report.runtime = f"{rt.runtime} on {profile.name}"
             rt.validation = report.to_dict()
         elif kind == "stats":

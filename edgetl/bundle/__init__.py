@@ -6,9 +6,12 @@ A bundle is a folder (and a ``.tar.gz`` of it) that runs with onnxruntime or Ope
       model/<artifact>/...   one folder per artifact: .onnx (+ .onnx.data), or OpenVINO .xml + .bin
       labels.json  preprocess.json  recipe.toml  README.md
       <files the preprocessing needs, e.g. tokenizer.json>
-      validation/slice.npz   (optional) preprocessed samples, labels and reference logits for devices
+      validation/slice.npz   (optional) preprocessed samples, labels and reference outputs for devices
       validation/bench.npz   (optional) preprocessed inputs devices time the models on
       manifest.json          sha256 + size of every other file, versions, validation reports, benchmarks
+
+A bundle's models return class logits (one column per label of labels.json) or, shipped with
+``output="embedding"``, an embedding of the manifest's ``embedding_dim`` columns and no labels (labels.json ``[]``).
 
 Modules: ``manifest`` (constants, reading, checksums, versions), ``slice`` (the .npz input files),
 ``ship`` (assembling), ``verify`` (checking, safe extraction), ``card`` (the README.md model card). None
@@ -22,16 +25,16 @@ True
 """
 
 from .card import render_card
-from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, REQUIRED_FILES, SLICE_FILE,
-                       BundlePreprocess, file_table, load_bundle_preprocess, model_file,
+from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, OUTPUTS, REQUIRED_FILES, SLICE_FILE,
+                       BundleOutput, BundlePreprocess, bundle_output, file_table, load_bundle_preprocess, model_file,
                        read_manifest, runtime_versions)
 from .ship import Artifact, ShippedBundle, ship
 from .slice import ModelInputs, ValidationSlice, check_inputs, input_arrays, input_rows, slice_inputs
 from .verify import VerifyReport, extract_archive, verify
 
 __all__ = [
-    "BENCH_FILE", "FORMAT_VERSION", "MANIFEST", "MODEL_SUFFIX", "REQUIRED_FILES", "SLICE_FILE", "Artifact",
-    "BundlePreprocess", "ModelInputs", "ShippedBundle", "ValidationSlice", "VerifyReport", "check_inputs",
-    "extract_archive", "file_table", "input_arrays", "input_rows", "load_bundle_preprocess",
-    "model_file", "read_manifest", "render_card", "runtime_versions", "ship", "slice_inputs", "verify",
+    "BENCH_FILE", "FORMAT_VERSION", "MANIFEST", "MODEL_SUFFIX", "OUTPUTS", "REQUIRED_FILES", "SLICE_FILE",
+    "Artifact", "BundleOutput", "BundlePreprocess", "ModelInputs", "ShippedBundle", "ValidationSlice", "VerifyReport",
+    "bundle_output", "check_inputs", "extract_archive", "file_table", "input_arrays", "input_rows",
+    "load_bundle_preprocess", "model_file", "read_manifest", "render_card", "runtime_versions", "ship", "slice_inputs", "verify",
 ]

@@ -4,11 +4,13 @@ Wording about the model's input comes from the preprocessing's ``card_fields()``
 ``samples`` (plural noun: "images"), ``input`` (the input line), ``steps`` (the preprocessing), ``example`` (a sample
 for the command line), ``example_code`` (the same in Python), ``needs`` (the packages to install), ``not_needed``
 ("no torch") and ``unlike`` (what accuracy is not promised on). The caller's ``card`` dict can override the task,
-description, intended use and limitations.
+description, intended use and limitations. What differs between a classifier and an embedding model (manifest
+``output``) is data: ``_WORDING``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .manifest import BundlePreprocess
@@ -16,30 +18,82 @@ from .manifest import BundlePreprocess
 # Card keys with their own place in the README; other keys go under "Other results" or "Other details".
 _CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_license", "weights_license", "intended_use",
                 "limitations", "exporter"}
-_ACCURACY_KEYS = ("accuracy", "macro_f1", "agreement", "accuracy_drop")
+_SIX_DECIMALS = {"mean_cosine", "min_cosine"}
 _LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median_ms", "mean_ms", "p90_ms", "p99_ms",
                  "throughput", "peak_rss_mb")
-_DEFAULT_LIMITS = ("Accuracy was measured on held-out data from the training distribution only; expect less on "
-                   "{unlike}. Every input is forced into one of the classes. Check on your own data first.")
+
+
+@dataclass(frozen=True)
+class _Wording:
+    """What the card says for one kind of model output (manifest ``output``). Texts take ``{samples}``, ``{count}``
+    (labels, or the embedding dimension), ``{unlike}``, ``{name}`` and ``{example}``."""
+
+    heading: str  # the title of the section on each artifact's validation
+    intro: str
+    columns: tuple[tuple[str, str], ...]  # (header, validation report key), in order
+    optional: tuple[str, ...]  # report keys whose column is shown only when some artifact's report has them
+    cli_note: str  # the comment on the `edgetl predict` example
+    python: str
+    intended_use: str
+    limitations: str
+
+
+_WORDING = {
+    "logits": _Wording(
+        "Accuracy", "Held-out accuracy of each artifact, and its agreement with the reference.",
+        (("Accuracy %", "accuracy"), ("Macro-F1 %", "macro_f1"), ("Agreement", "agreement"),
+         ("Drop (points)", "accuracy_drop")), (),
+        "top-3 labels, default artifact", 'print(load_bundle("{name}").predict([{example}], top_k=3))',
+        "Sorting {samples} into the {count} classes above.",
+        "Accuracy was measured on held-out data from the training distribution only; expect less on {unlike}. "
+        "Every input is forced into one of the classes. Check on your own data first."),
+    "embedding": _Wording(
+        "Agreement with the reference",
+        "Each artifact's embeddings on held-out data against the reference model's: cosine similarity (mean, and "
+        "the worst sample) and nearest-neighbour agreement (the share of samples whose nearest other sample is the "
+        "same under both).",
+        (("NN agreement", "agreement"), ("Mean cosine", "mean_cosine"), ("Min cosine", "min_cosine")),
+        ("mean_cosine", "min_cosine"),
+        "dimension, L2 norm and first values, default artifact",
+        'print(load_bundle("{name}").embed([{example}]).shape)  # (1, {count})',
+        "Turning {samples} into {count}-dim vectors for similarity search, clustering or as features.",
+        "The embeddings were compared with the reference model's on held-out data only; expect other behaviour on "
+        "{unlike}. Check on your own data first."),
+}
 
 
 def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundlePreprocess, card: dict[str, Any]) -> str:
     """The bundle's README.md from its manifest, labels, preprocessing and the caller's ``card`` details."""
     name, artifacts, default = manifest["name"], manifest["artifacts"], manifest["default_artifact"]
     fields = preprocess.card_fields()
-    classes = ", ".join(labels[:40]) + (f", … ({len(labels) - 40} more)" if len(labels) > 40 else "")
+    embedding = manifest.get("output") == "embedding"
+    wording = _WORDING["embedding" if embedding else "logits"]
+    samples = fields["samples"]
+    count = manifest.get("embedding_dim") if embedding else len(labels)
+    words = {"samples": samples, "count": count, "unlike": fields["unlike"], "name": name,
+             "example": fields["example_code"]}
+    if embedding:  # the preprocessing's wording is a classifier's
+        fields = {**fields, "task": f"{samples.removesuffix('s')} embedding",
+                  "description": f"{samples.removesuffix('s').capitalize()} embedding model shipped by edgetl."}
+        what = ["Output", f"{count}-dim embedding"]
+    else:
+        classes = ", ".join(labels[:40]) + (f", … ({len(labels) - 40} more)" if len(labels) > 40 else "")
+        what = ["Classes", f"{len(labels)}: {classes}"]
     overview = [
         ["Backbone", card.get("backbone", "not recorded")],
         ["Task", card.get("task", fields["task"])],
-        ["Classes", f"{len(labels)}: {classes}"],
+        what,
         ["Input", fields["input"]],
         ["Preprocessing", f"{fields['steps']} (preprocess.json)"],
         ["Default artifact", f"{default} ({artifacts[default]['runtime']})"],
         ["Built", f"{manifest['created_utc']}, edgetl {manifest['edgetl_version']}, recipe {manifest['recipe_hash']}"
                   + (f", data sha256 {manifest['data_sha256'][:16]}" if manifest.get("data_sha256") else "")],
     ]
+    columns_shown = [(header, key) for header, key in wording.columns
+                     if key not in wording.optional or any(e["validation"].get(key) is not None
+                                                           for e in artifacts.values())]
     accuracy = [
-        [n, e["format"], e["runtime"], *(e["validation"].get(k) for k in _ACCURACY_KEYS),
+        [n, e["format"], e["runtime"], *(_cell(key, e["validation"].get(key)) for _, key in columns_shown),
          "passed" if e["validation"].get("passed") else "failed"]
         for n, e in artifacts.items()
     ]
@@ -50,9 +104,8 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
 
     lines = [f"# {name}", "", str(card.get("description") or fields["description"]), ""]
     lines += _table(["", ""], overview)
-    lines += ["", "## Accuracy", "", "Held-out accuracy of each artifact, and its agreement with the reference.", ""]
-    lines += _table(["Artifact", "Format", "Runtime", "Accuracy %", "Macro-F1 %", "Agreement", "Drop (points)",
-                     "Gate"], accuracy)
+    lines += ["", f"## {wording.heading}", "", wording.intro, ""]
+    lines += _table(["Artifact", "Format", "Runtime", *(header for header, _ in columns_shown), "Gate"], accuracy)
     lines += ["", *(f"- {key}: {_fmt(value)}" for key, value in results.items())] if results else []
     lines += ["", "## Latency", ""]
     lines += _table(columns, [[row.get(c) for c in columns] for row in latency]) if latency else [
@@ -65,13 +118,13 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
         *([f"- Exported with: {card['exporter']}"] if card.get("exporter") else []),
         "", "## How to run", "", f"Needs {fields['needs']}; {fields['not_needed']}.", "", "```bash",
         f"edgetl verify {name}.tar.gz     # checksums, labels, preprocessing, one test inference per artifact",
-        f"edgetl predict {name}/ {fields['example']}                          # top-3 labels, default artifact",
+        f"edgetl predict {name}/ {fields['example']}                          # {wording.cli_note}",
         f"edgetl predict {name}/ {fields['example']} --runtime openvino:CPU",
         "```", "", "```python", "from edgetl.predict import load_bundle", "",
-        f"print(load_bundle(\"{name}\").predict([{fields['example_code']}], top_k=3))", "```",
+        wording.python.format(**words), "```",
         "", "## Intended use and limitations", "",
-        str(card.get("intended_use") or f"Sorting {fields['samples']} into the {len(labels)} classes above."),
-        "", str(card.get("limitations") or _DEFAULT_LIMITS.format(unlike=fields["unlike"])),
+        str(card.get("intended_use") or wording.intended_use.format(**words)),
+        "", str(card.get("limitations") or wording.limitations.format(**words)),
     ]
     lines += ["", "## Other details", "", *_table(["", ""], other)] if other else []
     return "\n".join(lines) + "\n"
@@ -90,6 +143,11 @@ def _bench_rows(benchmark: Any) -> list[dict[str, Any]]:
     if all(isinstance(value, dict) for value in benchmark.values()):
         return [{"target": target, **row} for target, value in benchmark.items() for row in _bench_rows(value)]
     return [benchmark]
+
+
+def _cell(key: str, value: Any) -> Any:
+    # Cosine similarities of a good artifact sit just below 1, where 4 significant digits would all read "1".
+    return f"{value:.6f}" if key in _SIX_DECIMALS and isinstance(value, float) else value
 
 
 def _fmt(value: Any) -> str:

@@ -1,8 +1,9 @@
 """The bundle's manifest.json: its constants, reading it, the file table, the model file of an artifact.
 
 The manifest lists the sha256 and size of every other file, the runtime versions it was built with, the
-artifacts with their validation reports and benchmarks, what the model takes as input (from the preprocessing)
-and where the validation slice and benchmark inputs are.
+artifacts with their validation reports and benchmarks, what the model takes as input (from the preprocessing),
+what it returns (``output``: class logits, one column per label of labels.json, or an ``embedding`` of
+``embedding_dim`` columns with no labels) and where the validation slice and benchmark inputs are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +35,10 @@ REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
 SLICE_FILE = "validation/slice.npz"
 # Preprocessed inputs a device times the models on (it may have no tokenizer or image decoder).
 BENCH_FILE = "validation/bench.npz"
+# What a bundle's models return per sample (manifest "output"): class logits, one column per label, or an
+# embedding of manifest "embedding_dim" columns (labels.json is []). A manifest without "output" predates
+# embeddings: logits.
+OUTPUTS = ("logits", "embedding")
 
 
 class BundlePreprocess(Protocol):
@@ -49,6 +55,47 @@ class BundlePreprocess(Protocol):
     def input_problem(self, inputs: Any) -> str | None: ...
     def manifest_fields(self) -> dict[str, Any]: ...
     def card_fields(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class BundleOutput:
+    """What a bundle's models return for each sample: ``kind`` ("logits" or "embedding") in ``width`` columns
+    (the number of labels, or the embedding dimension)."""
+
+    kind: str
+    width: int
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.kind == "embedding"
+
+    def describe(self) -> str:
+        """"4 labels" or "a 384-dim embedding": what one row of output stands for, for messages."""
+        return f"a {self.width}-dim embedding" if self.is_embedding else f"{self.width} labels"
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"output": self.kind, **({"embedding_dim": self.width} if self.is_embedding else {})}
+
+
+def bundle_output(manifest: dict[str, Any], labels: list[str]) -> BundleOutput:
+    """What a shipped bundle's models return, from its manifest ("output", "embedding_dim") and labels.json;
+    BundleError when they disagree (labels for an embedding, none for logits, no usable dimension)."""
+    kind = manifest.get("output", "logits")
+    if kind not in OUTPUTS:
+        raise BundleError(f"manifest's output {kind!r} is not one of {', '.join(OUTPUTS)}; upgrade edgetl or "
+                          "re-ship the bundle")
+    if kind == "logits":
+        if not labels:
+            raise BundleError('labels.json is empty, but only an embedding bundle (manifest output "embedding") has '
+                              "no labels; re-ship the bundle with its labels")
+        return BundleOutput(kind, len(labels))
+    dim = manifest.get("embedding_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise BundleError(f"manifest's embedding_dim {dim!r} is not a positive integer; re-ship the bundle")
+    if labels:
+        raise BundleError(f"labels.json lists {len(labels)} labels, but an embedding bundle has none "
+                          "(labels.json is []); re-ship the bundle")
+    return BundleOutput(kind, dim)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

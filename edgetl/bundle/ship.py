@@ -18,8 +18,8 @@ from .. import __version__
 from .._io import atomic_path, write_json, write_text
 from ..errors import BundleError
 from .card import render_card
-from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, REQUIRED_FILES, SLICE_FILE,
-                       BundlePreprocess, file_table, model_file, runtime_versions)
+from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, OUTPUTS, REQUIRED_FILES, SLICE_FILE,
+                       BundleOutput, BundlePreprocess, file_table, model_file, runtime_versions)
 from .slice import ModelInputs, ValidationSlice, check_inputs, input_arrays, save_npz
 
 
@@ -70,6 +70,8 @@ def ship(
     extra_files: dict[str, Path] | None = None,
     bench_inputs: ModelInputs | None = None,
     bench_description: str | None = None,
+    output: str = "logits",
+    embedding_dim: int | None = None,
 ) -> ShippedBundle:
     """Write ``output_dir/<name>/`` and ``output_dir/<name>.tar.gz`` from artifacts that passed validation.
 
@@ -87,15 +89,20 @@ def ship(
     ONNX one). ``extra_files`` ({name in the bundle: source file}) go to the bundle's root; every file the
     preprocessing needs (``preprocess.required_files()``, e.g. a tokenizer) must be among them.
 
+    ``output`` says what the models return per sample: "logits" (one column per label) or "embedding" (a vector
+    of ``embedding_dim`` columns; ``labels`` must then be empty, and labels.json is ``[]``). The dimension is
+    ``embedding_dim`` when given, else the width of the validation slice's reference outputs (N, D); one of the
+    two is needed, and when both are given they must agree. The manifest records ``"output"`` and, for an
+    embedding, ``"embedding_dim"``.
+
     >>> shipped = ship([onnx_fp32], name="fmnist", output_dir=Path("models"), labels=classes, preprocess=pre,
     ...                recipe_toml=text, recipe_hash=digest, card={"backbone": "mobilenet_v2"})
     """
     _check_name(name, "bundle name")
     _check_artifacts(artifacts)
-    if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
-        raise BundleError("labels must be a non-empty list of distinct strings, one per model output")
+    shape = _output_shape(output, labels, embedding_dim, validation_slice)
     if validation_slice is not None:
-        validation_slice.check(preprocess, len(labels))
+        validation_slice.check(preprocess, shape)
     bench_rows = check_inputs(bench_inputs, preprocess, "benchmark inputs") if bench_inputs is not None else 0
     extra_files = _check_extra_files(extra_files or {}, preprocess)
 
@@ -123,6 +130,7 @@ def ship(
             **({"data_sha256": data_sha256} if data_sha256 else {}),
             **({"source_model": source_model} if source_model else {}),
             "num_labels": len(labels),
+            **shape.manifest_fields(),
             "kind": preprocess.kind,
             "preprocessing": preprocess.describe(),
             **preprocess.manifest_fields(),
@@ -157,6 +165,30 @@ def _check_name(name: str, what: str) -> None:
     # Names become folder names inside the bundle and the archive: keep them plain.
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
         raise BundleError(f"{what} {name!r} must be a plain folder name (no slashes, not starting with '.')")
+
+
+def _output_shape(output: str, labels: list[str], embedding_dim: int | None,
+                  validation_slice: ValidationSlice | None) -> BundleOutput:
+    """What the shipped models return per sample, from ``ship``'s arguments; BundleError when they disagree."""
+    if output not in OUTPUTS:
+        raise BundleError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    if output == "logits":
+        if embedding_dim is not None:
+            raise BundleError("embedding_dim is for output='embedding' bundles; drop it, or ship with "
+                              "output='embedding'")
+        if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
+            raise BundleError("labels must be a non-empty list of distinct strings, one per model output")
+        return BundleOutput(output, len(labels))
+    if labels:
+        raise BundleError(f"an embedding model has no labels, got {len(labels)}; pass labels=[]")
+    if embedding_dim is None and validation_slice is not None and np.ndim(validation_slice.reference_logits) == 2:
+        embedding_dim = int(np.shape(validation_slice.reference_logits)[1])  # checked against the slice after
+    if embedding_dim is None:
+        raise BundleError("an embedding bundle needs its dimension: pass embedding_dim=D, or a validation_slice whose "
+                          "reference outputs are the (N, D) embeddings")
+    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
+        raise BundleError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+    return BundleOutput(output, int(embedding_dim))
 
 
 def _check_artifacts(artifacts: list[Artifact]) -> None:

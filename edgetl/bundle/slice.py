@@ -14,7 +14,7 @@ import numpy as np
 
 from .._io import atomic_path
 from ..errors import BundleError
-from .manifest import BundlePreprocess
+from .manifest import BundleOutput, BundlePreprocess
 
 # One model input: a single array, or {input name: array} for models with several inputs.
 ModelInputs = Union[np.ndarray, Mapping[str, np.ndarray]]
@@ -66,21 +66,23 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 @dataclass
 class ValidationSlice:
-    """A few preprocessed held-out samples with their labels and the reference model's logits on them.
+    """A few preprocessed held-out samples with their labels and the reference model's outputs on them.
 
     Shipped in the bundle as ``validation/slice.npz``; ``edgetl bench --target`` runs it on each device
-    and holds the device's outputs to the reference with the shared validation check."""
+    and holds the device's outputs to the reference with the shared validation check. For an embedding bundle
+    the reference outputs are embeddings (N, D) and the labels are unused (``UNLABELLED``, -1, for data without
+    them); the .npz keeps the key ``reference_logits`` either way, which devices and older bundles read."""
 
     inputs: ModelInputs  # float32 (N, C, H, W), or {input name: int64 (N, L)}
     labels: np.ndarray  # int64 (N,)
-    reference_logits: np.ndarray  # float32 (N, classes)
+    reference_logits: np.ndarray  # float32 (N, classes), or (N, D) embeddings
     reference: str = "torch-fp32"  # which model produced reference_logits
 
     @classmethod
     def from_split(cls, data: Any, preprocess: BundlePreprocess, reference_logits: np.ndarray, *, size: int = 128,
                    seed: int = 0, reference: str = "torch-fp32") -> "ValidationSlice":
         """``size`` samples of a split, taken at random with ``seed``, preprocessed by ``preprocess.inputs``, with the
-        matching rows of ``reference_logits`` (the reference model's logits on the split)."""
+        matching rows of ``reference_logits`` (the reference model's logits, or embeddings, on the split)."""
         if len(reference_logits) != len(data):
             raise BundleError(f"{len(reference_logits)} reference outputs for {len(data)} samples; they must match")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[: max(1, size)])
@@ -90,13 +92,16 @@ class ValidationSlice:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def check(self, preprocess: BundlePreprocess, num_labels: int) -> None:
-        """BundleError unless inputs, labels and logits agree in rows and the model takes the inputs."""
+    def check(self, preprocess: BundlePreprocess, output: BundleOutput | int) -> None:
+        """BundleError unless inputs, labels and reference outputs agree in rows, the outputs have ``output``'s
+        columns (a plain int: that many labels) and the model takes the inputs."""
+        output = output if isinstance(output, BundleOutput) else BundleOutput("logits", output)
         n = len(self.labels)
         rows = input_rows(self.inputs)
-        if not (n and rows == n and self.reference_logits.shape == (n, num_labels)):
-            raise BundleError(f"validation slice: {rows} inputs, {n} labels and reference logits "
-                              f"{self.reference_logits.shape} must agree (N, {num_labels} labels)")
+        if not (n and rows == n and np.shape(self.reference_logits) == (n, output.width)):
+            what = "embeddings" if output.is_embedding else "logits"
+            raise BundleError(f"validation slice: {rows} inputs, {n} labels and reference {what} "
+                              f"{np.shape(self.reference_logits)} must agree (N, {output.describe()})")
         check_inputs(self.inputs, preprocess, "validation slice")
 
     def save(self, path: Path) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 
 from .._io import sha256_file
 from ..errors import BackendUnavailable, BundleError, EdgetlError
-from .manifest import (BENCH_FILE, MANIFEST, REQUIRED_FILES, SLICE_FILE, BundlePreprocess, load_bundle_preprocess,
-                       model_file, read_manifest)
+from .manifest import (BENCH_FILE, MANIFEST, REQUIRED_FILES, SLICE_FILE, BundleOutput, BundlePreprocess,
+                       bundle_output, load_bundle_preprocess, model_file, read_manifest)
 from .slice import ValidationSlice, check_inputs, slice_inputs
 
 # Why an .npz may fail to load.
@@ -80,7 +80,8 @@ def verify(bundle: Path, *, load: bool = True) -> VerifyReport:
     the validation slice and benchmark inputs when shipped.
 
     With ``load`` (the default) each artifact is also opened with its runtime and run on one example batch
-    (of 1, or the model's fixed batch size), whose output must have shape (batch, number of labels).
+    (of 1, or the model's fixed batch size), whose output must have shape (batch, number of labels), or for an
+    embedding bundle (manifest ``"output": "embedding"``, labels.json ``[]``) (batch, manifest ``embedding_dim``).
 
     >>> report = verify(Path("models/fmnist.tar.gz"))
     >>> report.ok, report.problems
@@ -120,12 +121,18 @@ def _verify_folder(root: Path, report: VerifyReport, load: bool) -> None:
         problems.extend(f"manifest does not list {rel}, which preprocess.json needs" for rel in missing)
         if missing or damaged.intersection(preprocess.required_files()):
             preprocess = None  # its files are missing or damaged, already reported: nothing runs through it
+    output = None
+    if labels is not None:
+        try:
+            output = bundle_output(manifest, labels)
+        except BundleError as exc:
+            problems.append(str(exc))
     loadable = _check_artifacts(manifest, listed, damaged, problems)
-    if labels is not None and preprocess is not None:
-        _check_inputs_files(root, manifest, listed, damaged, preprocess, len(labels), problems)
+    if output is not None and preprocess is not None:
+        _check_inputs_files(root, manifest, listed, damaged, preprocess, output, problems)
         if load:
             for name in loadable:
-                _smoke_test(root, name, manifest["artifacts"][name], preprocess, len(labels), report)
+                _smoke_test(root, name, manifest["artifacts"][name], preprocess, output, report)
 
 
 def _check_checksums(root: Path, listed: dict[str, Any], report: VerifyReport) -> set[str]:
@@ -182,10 +189,10 @@ def _check_artifacts(manifest: dict[str, Any], listed: dict[str, Any], damaged: 
 
 
 def _check_inputs_files(root: Path, manifest: dict[str, Any], listed: dict[str, Any], damaged: set[str],
-                        preprocess: BundlePreprocess, num_labels: int, problems: list[str]) -> None:
+                        preprocess: BundlePreprocess, output: BundleOutput, problems: list[str]) -> None:
     """The validation slice and the benchmark inputs, when the manifest names them, load and fit the model."""
     def slice_fits(path: Path) -> None:
-        ValidationSlice.load(path).check(preprocess, num_labels)
+        ValidationSlice.load(path).check(preprocess, output)
 
     def bench_fits(path: Path) -> None:
         with np.load(path) as npz:
@@ -220,15 +227,17 @@ def _load_json(root: Path, rel: str, listed: dict, damaged: set[str], problems: 
 
 
 def _parse_labels(data: Any) -> list[str]:
-    if not isinstance(data, list) or not data or not all(isinstance(label, str) for label in data):
-        raise ValueError("expected a non-empty list of strings")
+    # Empty only for an embedding bundle: bundle_output holds labels.json to the manifest's output.
+    if not isinstance(data, list) or not all(isinstance(label, str) for label in data):
+        raise ValueError("expected a list of strings")
     return data
 
 
 def _smoke_test(
-    root: Path, name: str, entry: dict, preprocess: BundlePreprocess, num_labels: int, report: VerifyReport
+    root: Path, name: str, entry: dict, preprocess: BundlePreprocess, output: BundleOutput, report: VerifyReport
 ) -> None:
-    """Open one artifact and run the preprocessing's example batch through it; the output must be (batch, labels)."""
+    """Open one artifact and run the preprocessing's example batch through it; the output must be (batch, labels),
+    or (batch, embedding_dim) for an embedding bundle."""
     from ..runners import backend_for_file, open_runner  # light, but only needed with load=True
 
     path = root / model_file(entry)
@@ -254,8 +263,9 @@ def _smoke_test(
         return
     finally:
         runner.close()
-    if logits.shape != (count, num_labels):
-        report.problems.append(f"artifact {name}: outputs {logits.shape}, labels.json expects ({count}, {num_labels})")
+    if logits.shape != (count, output.width):
+        source = "the manifest's embedding_dim" if output.is_embedding else "labels.json"
+        report.problems.append(f"artifact {name}: outputs {logits.shape}, {source} expects ({count}, {output.width})")
     elif not np.isfinite(logits).all():
         report.problems.append(f"artifact {name}: non-finite outputs on an example batch")
     else:

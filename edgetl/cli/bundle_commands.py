@@ -28,20 +28,34 @@ def verify(
 
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify, or texts for a text bundle.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, or texts for a text bundle.")],
     runtime: Annotated[Optional[str], typer.Option(help="e.g. openvino:CPU; default: the bundle's default.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 3,
     threads: Annotated[int, typer.Option(help="0 = the runtime's default.")] = 0,
 ) -> None:
     """Classify images (or texts) with a bundle, using only numpy, Pillow (or tokenizers) and onnxruntime or
-    OpenVINO; never torch."""
+    OpenVINO; never torch. An embedding bundle prints each input's dimension, L2 norm and first 4 values."""
     from ..predict import load_bundle
 
     model = load_bundle(bundle, runtime=runtime, threads=threads)
+    if model.output == "embedding":
+        _print_embeddings(images, model.embed(images))
+        return
     for image, prediction in zip(images, model.predict(images, top_k=top_k)):
         ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in prediction.top_k)
         out.print(f"{image}: [bold]{prediction.label}[/] ({prediction.probability:.1%})  top-{top_k}: {ranked}",
                   highlight=False)
+
+
+def _print_embeddings(samples: list[Path], vectors) -> None:
+    """One line per input: its embedding's dimension, L2 norm and first 4 values."""
+    import numpy as np
+
+    for sample, vector in zip(samples, vectors):
+        first = ", ".join(f"{value:.4f}" for value in vector[:4])
+        more = ", …" if len(vector) > 4 else ""
+        out.print(f"{sample}: {len(vector)}-dim embedding, L2 norm {float(np.linalg.norm(vector)):.4f}, "
+                  f"[{first}{more}]", highlight=False, markup=False, soft_wrap=True)
 
 
 def backbones() -> None:

@@ -22,12 +22,15 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) 
 
 
 def optimize(
-    model: Annotated[Path, typer.Argument(help="Your model: an .onnx file.")],
+    model: Annotated[Path, typer.Argument(help="Your model: .onnx, OpenVINO .xml, torch.export .pt2, or a "
+                                                 "sentence-transformers folder.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Image folder, one sub-folder per class (named after "
-                                       "the model's labels).")],
+                                       "the model's labels) or images alone; for text, a .csv/.tsv/.jsonl file.")],
     labels: Annotated[Optional[Path], typer.Option(help="The model's class names, one per line (when the model "
                                                    "does not carry them).")] = None,
-    task: Annotated[str, typer.Option(help="What the model does.")] = "image-classification",
+    task: Annotated[Optional[str], typer.Option(help="What the model does: image-classification (files) or "
+                                                "text-embedding (a sentence-transformers folder; the default for "
+                                                "folders).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Bundle path, e.g. models/NAME (default: models/<model stem>).")
                    ] = None,
     size: Annotated[Optional[int], typer.Option(help="Input size when the model's is dynamic.")] = None,

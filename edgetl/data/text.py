@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import DataError, RecipeError
-from .dataset import Labeled, Splits, split_stratified, stratified_indices
+from .dataset import UNLABELLED, Labeled, Splits, split_stratified, stratified_indices
 from .registry import SOURCES
 
 TEXT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
@@ -98,6 +98,8 @@ def _read_delimited(path: Path, delimiter: str, text_column: str, label_column: 
         header = [name.strip() for name in header]
         columns = {}
         for wanted, role in ((text_column, "text"), (label_column, "label")):
+            if role == "label" and not wanted:  # unlabelled texts
+                continue
             if wanted not in header:
                 raise DataError(
                     f"{path}, line 1: no {role} column {wanted!r} (columns: {', '.join(header)}); "
@@ -115,7 +117,7 @@ def _read_delimited(path: Path, delimiter: str, text_column: str, label_column: 
                     "quote fields that contain the delimiter"
                 )
             rows.texts.append(record[columns["text"]])
-            rows.labels.append(_check_label(record[columns["label"]], path, line, label_column))
+            rows.labels.append(_check_label(record[columns["label"]], path, line, label_column) if label_column else "")
             rows.lines.append(line)
             line = reader.line_num + 1
     return rows
@@ -134,6 +136,8 @@ def _read_jsonl(path: Path, text_column: str, label_column: str) -> TextRows:
             if not isinstance(record, dict):
                 raise DataError(f"{path}, line {line}: expected a JSON object, got {type(record).__name__}")
             for wanted, role in ((text_column, "text"), (label_column, "label")):
+                if role == "label" and not wanted:  # unlabelled texts
+                    continue
                 if wanted not in record:
                     raise DataError(
                         f"{path}, line {line}: no {role} field {wanted!r} (fields: {', '.join(record)}); "
@@ -143,7 +147,7 @@ def _read_jsonl(path: Path, text_column: str, label_column: str) -> TextRows:
             if not isinstance(text, str):
                 raise DataError(f"{path}, line {line}: {text_column!r} must be a string, got {type(text).__name__}")
             rows.texts.append(text)
-            rows.labels.append(_check_label(record[label_column], path, line, label_column))
+            rows.labels.append(_check_label(record[label_column], path, line, label_column) if label_column else "")
             rows.lines.append(line)
     return rows
 
@@ -166,7 +170,10 @@ def class_names(labels: Iterable[str]) -> list[str]:
 
 
 def to_labeled(rows: TextRows, classes: Sequence[str] | None = None) -> LabeledTexts:
-    """Index the rows' labels by ``classes`` (default: the rows' own, sorted); unknown labels are errors."""
+    """Index the rows' labels by ``classes`` (default: the rows' own, sorted); unknown labels are errors. Rows read
+    without a label column are unlabelled (labels ``UNLABELLED``, no classes)."""
+    if rows.labels and not any(rows.labels):
+        return LabeledTexts(rows.texts, np.full(len(rows.texts), UNLABELLED, dtype=np.int64), [])
     classes = list(classes) if classes is not None else class_names(rows.labels)
     index = {name: i for i, name in enumerate(classes)}
     labels = np.empty(len(rows.labels), dtype=np.int64)
@@ -264,7 +271,7 @@ def text_file_splits(config, preprocess=None) -> Splits:
         test_fraction = getattr(config, "test_fraction", 0.15)
         rest, test = split_stratified(data, test_fraction, seed)
         train, val = split_stratified(rest, getattr(config, "val_fraction", 0.1) / (1 - test_fraction), seed + 1)
-    if len(train.classes) < 2:
+    if train.labelled and len(train.classes) < 2:
         raise DataError(f"{root}: found {len(train.classes)} class(es); a classifier needs at least 2")
     return Splits(
         stratified_subset(train, getattr(config, "train_per_class", 0), seed),

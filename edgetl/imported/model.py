@@ -57,7 +57,20 @@ class SourceModel:
         return data if isinstance(data, dict) else None
 
     def sha256(self) -> str:
-        return sha256_file(self.path)
+        """sha256 of the model file; of an IR's .xml and .bin; of a folder's config, weights and tokenizer files."""
+        import hashlib
+
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors",
+                                                                                           ".txt", ".model"))
+        else:
+            files = [self.path, *([self.path.with_suffix(".bin")] if self.path.suffix == ".xml" else [])]
+        if len(files) == 1 and files[0] == self.path:
+            return sha256_file(self.path)
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(f"{path.relative_to(self.path.parent)}\0{sha256_file(path)}\n".encode())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,20 +92,25 @@ SOURCE_FORMATS: Registry[SourceFormat] = Registry("model source format", key="mo
 
 
 def source_format(path: str | Path) -> SourceFormat:
-    """The reader for ``path``, by suffix; a one-line error naming what is accepted."""
+    """The reader for ``path``: a Hugging Face folder, else by suffix; a one-line error naming what is accepted."""
+    from .hf import HF_FOLDER, is_hf_folder
+
+    if is_hf_folder(Path(path).expanduser()):
+        return HF_FOLDER
     suffix = Path(path).suffix.lower()
     for fmt in SOURCE_FORMATS.values():
         if suffix in fmt.suffixes:
             return fmt
     accepted = ", ".join(s for fmt in SOURCE_FORMATS.values() for s in fmt.suffixes)
-    raise RecipeError(f"model.source {str(path)!r}: edgetl reads {accepted} model files so far; export the model to "
-                      "ONNX first (torch.onnx.export, optimum-cli export onnx)")
+    raise RecipeError(f"model.source {str(path)!r}: edgetl reads {accepted} model files and Hugging Face folders "
+                      "(with config.json) so far; export the model to ONNX first (torch.onnx.export, optimum-cli "
+                      "export onnx)")
 
 
 def read_source(path: str | Path) -> SourceModel:
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise RecipeError(f"model.source {str(path)!r} is not a file; give the path of your model file")
+    if not path.is_file() and not path.is_dir():
+        raise RecipeError(f"model.source {str(path)!r} does not exist; give the path of your model file or folder")
     return source_format(path).read(path)
 
 

@@ -149,7 +149,7 @@ class RunContext:
             runner = self.origin.reference_runner(self, model_key)
             try:
                 logits = predict_logits(runner, self.splits.test, self.preprocess_of(model_key),
-                                        self.recipe.validate.batch_size)
+                                        self.recipe.validate.batch_size, output=self.task.output)
             finally:
                 runner.close()
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:

@@ -24,14 +24,15 @@ def optimize_overrides(
     model: str | Path,
     data: str | Path,
     *,
-    task: str = "image-classification",
+    task: str | None = None,
     labels: str | Path | None = None,
     out: str | Path | None = None,
     size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> list[str]:
-    """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``."""
+    """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``. ``task``
+    defaults to text-embedding for a (sentence-transformers) folder, image-classification for a file."""
     model, data = Path(model).expanduser(), Path(data).expanduser()
     if not model.exists():
         raise RecipeError(f"model {str(model)!r} not found; give the path of your .onnx (or OpenVINO .xml) file")
@@ -39,6 +40,8 @@ def optimize_overrides(
         raise RecipeError(f"data {str(data)!r} not found; give an image folder (one sub-folder per class) or a "
                           f"{'/'.join(TEXT_SUFFIXES)} file")
     out = Path(out) if out else Path("models") / _name(model.stem)
+    if task is None:
+        task = "text-embedding" if model.is_dir() else "image-classification"
     values: dict[str, Any] = {
         "run.name": out.name, "ship.name": out.name, "ship.output_dir": str(out.parent),
         "model.task": task, "model.source": str(model.resolve()),
@@ -46,6 +49,12 @@ def optimize_overrides(
         "data.path": str(data.resolve()), "data.val_fraction": VAL_FRACTION, "data.test_fraction": TEST_FRACTION,
         "distill.enabled": False, "quantize.qat": False, "quantize.models": ["teacher"],
     }
+    if task == "text-embedding":
+        # Unlabelled texts; no accuracy-aware search (it ranks class logits). Nearest-neighbour agreement is a
+        # stricter measure than top-1 agreement: measured on all-MiniLM-L6-v2 and 150 banking77 texts, NNCF INT8
+        # kept every text's cosine >= 0.99 yet 96.7% of nearest neighbours; the gate holds it to 95% here.
+        values.update({"data.label_column": "", "quantize.methods": ["onnx-int8-dynamic", "openvino-int8"],
+                       "validate.gate.min_agreement": 0.95})
     if model.suffix.lower() == ".xml":  # an OpenVINO IR becomes OpenVINO variants only
         values.update({"export.formats": ["openvino"], "ship.formats": ["openvino"],
                        "quantize.methods": ["openvino-int8", "openvino-fp16"]})

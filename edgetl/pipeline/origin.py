@@ -105,7 +105,7 @@ class Imported:
         fmt = source_format(model.path)
         key = {"source": model.sha256(), "model": ctx.recipe.section_hash("model")}
         record = folder / SOURCE_META
-        if _fresh(record, key) and (folder / fmt.file).is_file():
+        if _fresh(record, key) and (folder / fmt.file).exists():
             return read_json(record)
         preprocess = ctx.task.source_preprocess(ctx.recipe, model)
         labels = self._labels(ctx, model)
@@ -122,9 +122,12 @@ class Imported:
         return meta
 
     def _labels(self, ctx, model) -> list[str] | None:
-        """model.labels, else the model's own; None: the data's classes are the labels (checked in ``splits``)."""
+        """model.labels, else the model's own; None: the data's classes are the labels (checked in ``splits``).
+        An embedding model has none: ``[]``."""
         from ..imported import read_labels
 
+        if ctx.task.output == "embedding":
+            return []
         labels = read_labels(ctx.recipe.model.labels) if ctx.recipe.model.labels else model.labels
         if labels is not None and model.num_outputs is not None and len(labels) != model.num_outputs:
             raise EdgetlError(f"{len(labels)} labels for a model with {model.num_outputs} outputs "
@@ -139,6 +142,8 @@ class Imported:
         meta = self._meta(ctx)
         splits = ctx.task.load_splits(ctx.recipe, self.preprocess_of(ctx, meta, ctx.model_dir(TEACHER)))
         labels = meta["classes"]
+        if ctx.task.output == "embedding":  # vectors, not classes: labels in the data are not used
+            return type(splits)(*(_unlabelled(split) for split in (splits.train, splits.val, splits.test)))
         if not splits.train.labelled:
             ctx.log("data: no labels (images straight in the folder): accuracy is not measured; every variant is held "
                     "to its agreement with the source model")
@@ -173,6 +178,8 @@ class Imported:
     def checkpoint_files(self, ctx, folder: Path) -> list[Path]:
         meta = Path(folder) / SOURCE_META
         file = Path(folder) / (read_json(meta)["file"] if meta.is_file() else "model.onnx")
+        if file.is_dir():  # a Hugging Face folder: its config and weights
+            return [*sorted(p for p in file.iterdir() if p.suffix in (".json", ".safetensors")), meta]
         return [file, *([file.with_suffix(".bin")] if file.suffix == ".xml" else []), meta]
 
     def load(self, ctx, folder: Path):
@@ -185,7 +192,8 @@ class Imported:
     def preprocess_of(self, ctx, meta: dict[str, Any], folder: Path):
         from ..preprocess import load_preprocess
 
-        return load_preprocess(meta["preprocess"], folder)
+        model = Path(folder) / meta["file"]
+        return load_preprocess(meta["preprocess"], model if model.is_dir() else folder)  # a folder holds a tokenizer
 
     def reference_runner(self, ctx, model_key: str):
         from ..runners import open_runner
@@ -236,6 +244,14 @@ class Imported:
         return {"source_model": f"{Path(meta['source']).name} (sha256 {meta['source_sha256'][:16]})",
                 "weights_license": "the source model's own (edgetl did not train it)",
                 "test_accuracy": self.summary(ctx, meta)["test_accuracy"]}
+
+
+def _unlabelled(split):
+    import numpy as np
+
+    from ..data.dataset import UNLABELLED
+
+    return dataclasses.replace(split, labels=np.full(len(split.labels), UNLABELLED, dtype=np.int64), classes=[])
 
 
 def np_take(mapping: list[int], labels):

@@ -34,7 +34,9 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
                 data_sha256=ctx.task.fingerprint(ctx.splits), source_model=ctx.origin.provenance(ctx),
                 default=default, extra_files=ctx.task.bundle_files(ctx, model_key),
                 validation_slice=validation_slice(ctx, model_key),
-                bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None)
+                bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None,
+                output=ctx.task.output,
+                embedding_dim=ctx.reference_logits(model_key).shape[1] if ctx.task.output == "embedding" else None)
 
 
 def shipped_artifacts(ctx: RunContext, decisions: dict[str, dict]) -> tuple[list[Planned], str]:

@@ -15,12 +15,14 @@ from typing import Callable
 
 from ..registry import Registry
 from .base import STUDENT, TEACHER, Task
+from .embedding import TextEmbedding
 from .image import ImageClassification
 from .text import TextClassification
 
 TASKS: Registry[Task] = Registry("task", key="model.task")
 TASKS.register(ImageClassification.name, ImageClassification())
 TASKS.register(TextClassification.name, TextClassification())
+TASKS.register(TextEmbedding.name, TextEmbedding())
 
 
 def get_task(recipe) -> Task:

@@ -44,6 +44,8 @@ class Task(ABC):
     kind: str  # the backbone and preprocessing kind: "image" or "text"
     sections: tuple[str, ...] = ("model", "data", "finetune", "run")  # recipe sections a trained model depends on
     samples: str = "samples"  # what one sample is called in messages ("images", "texts")
+    labels_hint: str = "give the data labels"  # how this task's data gets labels, for the error without them
+    output: str = "logits"  # what the model returns: class "logits", or an "embedding" (edgetl.validate)
 
     # -- recipe and data -----------------------------------------------------------------------
     def check_recipe(self, recipe) -> None:
@@ -63,8 +65,7 @@ class Task(ABC):
     def check_splits(self, splits) -> None:
         """Every split non-empty with the train split's classes; at least two classes, each present in train."""
         if not splits.train.labelled:
-            raise DataError(f"the data has no labels ({self.samples} straight in the folder); training needs them: "
-                            f"put the {self.samples} in one sub-folder per class")
+            raise DataError(f"the data has no labels; training needs them: {self.labels_hint}")
         for name in SPLIT_NAMES:
             split = getattr(splits, name)
             if len(split) == 0:

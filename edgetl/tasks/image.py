@@ -21,6 +21,7 @@ DATASET_LICENSES = {"fashion-mnist": "MIT (Fashion-MNIST, Zalando Research)"}
 
 class ImageClassification(Task):
     name, kind, samples = "image-classification", "image", "images"
+    labels_hint = "put the images in one sub-folder per class"
 
     def check_recipe(self, recipe) -> None:
         from ..backbones import get_spec

@@ -31,6 +31,7 @@ DATASET_CARDS = {
 
 class TextClassification(Task):
     name, kind, samples = "text-classification", "text", "texts"
+    labels_hint = "set data.label_column to the column (or JSONL field) that holds them"
     sections = ("model", "data", "finetune", "run", "text")
     quantize_scheme = "transformer"
 

@@ -1,0 +1,53 @@
+"""``text-embedding``: a sentence-embedding model the user brings (``model.source``: a sentence-transformers folder
+or an ONNX export of one). Its outputs are vectors, not class logits: every variant is held to the original by
+cosine similarity and nearest-neighbour agreement on the user's texts (``validate(output="embedding")``). edgetl
+does not train these; data needs no labels (``data.label_column = ""``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import RecipeError
+from .text import TextClassification
+
+
+class TextEmbedding(TextClassification):
+    name, output = "text-embedding", "embedding"
+    labels_hint = "an embedding model is not trained here; give it as model.source"
+
+    def check_recipe(self, recipe) -> None:
+        if not recipe.model.source:
+            raise RecipeError("model.task text-embedding needs model.source (a sentence-transformers folder or an "
+                              "ONNX file); edgetl optimizes embedding models, it does not train them")
+        for method in recipe.quantize.methods:
+            if method.endswith("-acc"):
+                raise RecipeError(f"quantize.methods: {method} searches by top-1 agreement of class logits; for an "
+                                  "embedding model use onnx-int8-dynamic, onnx-int8-static, openvino-int8 or fp16")
+
+    def source_preprocess(self, recipe, model):
+        """The folder's own tokenizer, truncating at ``text.max_length`` (0: the model's max_seq_length, else its
+        position limit)."""
+        from ..imported.hf import pooling
+        from ..preprocess import TextPreprocess
+
+        if model.format != "hf":
+            raise RecipeError(f"model.source {model.path.name}: a text-embedding source must be a Hugging Face "
+                              "folder for now (its tokenizer is needed); give the sentence-transformers folder")
+        limit = recipe.text.max_length or pooling(model.path)["max_seq_length"] or None
+        return TextPreprocess.from_model_dir(model.path, max_length=limit)
+
+    def contract(self, ctx, artifact) -> dict[str, Any] | None:
+        return None  # the shape contract compares class logits of a trained classifier
+
+    def summary(self, ctx) -> dict[str, Any]:
+        return {"max_length": ctx.preprocess_of().max_length}
+
+    def card(self, ctx, chosen: list) -> dict[str, Any]:
+        source = Path(ctx.recipe.model.source).name
+        return {"description": f"Sentence-embedding model ({source}) optimized by edgetl: each variant is held to the "
+                               "original's embeddings by cosine similarity and nearest-neighbour agreement.",
+                "task": "text embedding", "dataset": ctx.recipe.data.path or ctx.recipe.data.source,
+                "dataset_license": "the user's", "max_length": ctx.preprocess_of().max_length,
+                "latency_inputs": f"test texts of {self.median_length(ctx, chosen[0].model)} tokens (the median)"}
