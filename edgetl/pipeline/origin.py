@@ -103,7 +103,7 @@ class Imported:
         folder = ctx.model_dir(TEACHER)
         model = read_source(ctx.recipe.model.source)
         fmt = source_format(model.path)
-        key = {"source": model.sha256(), "model": ctx.recipe.section_hash("model")}
+        key = {"source": model.sha256(), "model": ctx.recipe.section_hash("model", "text")}  # text: max_length
         record = folder / SOURCE_META
         if _fresh(record, key) and (folder / fmt.file).exists():
             return read_json(record)
@@ -145,8 +145,8 @@ class Imported:
         if ctx.task.output == "embedding":  # vectors, not classes: labels in the data are not used
             return type(splits)(*(_unlabelled(split) for split in (splits.train, splits.val, splits.test)))
         if not splits.train.labelled:
-            ctx.log("data: no labels (images straight in the folder): accuracy is not measured; every variant is held "
-                    "to its agreement with the source model")
+            ctx.log(f"data: no labels: accuracy is not measured; every variant is held to its agreement with the "
+                    f"source model on the {ctx.task.samples}")
             names = labels or [f"class_{i}" for i in range(meta["num_classes"] or 0)]
             if not names:
                 raise EdgetlError("the model's output size is dynamic and neither it, model.labels nor the data "
