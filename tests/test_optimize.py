@@ -66,7 +66,7 @@ def _edgetl(cwd: Path, *args: str):
 def test_optimize_ships_a_verified_bundle_of_a_model_edgetl_did_not_make(user_files, tmp_path):
     args = ["optimize", str(user_files / "model.onnx"), "--data", str(user_files / "photos"), "--labels",
             str(user_files / "labels.txt"), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--out", "models/mine",
-            "--quiet", *[a for item in FAST for a in ("--set", item)]]
+            "--target", "local-cpu-1core", "--quiet", *[a for item in FAST for a in ("--set", item)]]
     result = _edgetl(tmp_path, *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "runs/mine/summary.json").read_text())
@@ -80,6 +80,7 @@ def test_optimize_ships_a_verified_bundle_of_a_model_edgetl_did_not_make(user_fi
     assert manifest["source_model"] == {"file": "model.onnx", "sha256": digest, "format": "onnx"}
     assert manifest["validation_slice"]["reference"] == "source model"
     assert "source model" in result.stdout and "shipped" in result.stdout
+    assert "local-cpu-1core: use " in result.stdout  # --target benches the shipped bundle there
     verify = _edgetl(tmp_path, "verify", "models/mine.tar.gz")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     photo = next((user_files / "photos" / "bottom").iterdir())
