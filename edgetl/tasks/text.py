@@ -38,7 +38,7 @@ class TextClassification(Task):
     def check_recipe(self, recipe) -> None:
         from ..backbones import BACKBONES, get_spec
 
-        if recipe.model.backbone in BACKBONES:
+        if recipe.model.backbone in BACKBONES and not recipe.model.source:  # a source model replaces the backbone
             get_spec(recipe.model.backbone, kind="text")
         if recipe.distill.enabled and recipe.distill.hint_weight > 0:
             raise RecipeError("distill.hint_weight is for image students; set it to 0 for text models")
@@ -49,6 +49,15 @@ class TextClassification(Task):
         from ..data import load_splits
 
         return load_splits(recipe.data)
+
+    def source_preprocess(self, recipe, model):
+        """A Hugging Face folder's own tokenizer, truncating at ``text.max_length`` (0: the model's limit)."""
+        from ..preprocess import TextPreprocess
+
+        if model.format != "hf":
+            raise RecipeError(f"model.source {model.path.name}: a text model must come as a Hugging Face folder for "
+                              "now (its tokenizer is needed); give the folder")
+        return TextPreprocess.from_model_dir(model.path, max_length=recipe.text.max_length or None)
 
     def fingerprint(self, splits) -> str:
         """sha256 of the classes, and every split's texts and labels."""
@@ -127,6 +136,8 @@ class TextClassification(Task):
         from .text_export import check_shape_contract, contract_limit, describe_deviation
 
         model, _ = ctx.model(artifact.model)
+        if isinstance(model, Path):  # a source model: the shared check holds it to its original instead
+            return None
         precision = "int8" if "int8" in artifact.kind else "fp16" if "fp16" in artifact.kind else "fp32"
         measure, limit = contract_limit(precision)
         cases = check_shape_contract(model, {artifact.name: (ctx.artifact_dir(artifact) / artifact.file,
@@ -172,13 +183,15 @@ class TextClassification(Task):
         return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
 
     def summary(self, ctx: RunContext) -> dict[str, Any]:
-        return {"max_length": read_json(ctx.model_dir(TEACHER) / LENGTHS_FILE)["max_length"]}
+        return {"max_length": ctx.preprocess_of().max_length}
 
     def card(self, ctx: RunContext, chosen: list) -> dict[str, Any]:
         from ..backbones import BACKBONES
         from .text_export import _version
 
-        lengths = read_json(ctx.model_dir(TEACHER) / LENGTHS_FILE)
+        record = ctx.model_dir(TEACHER) / LENGTHS_FILE  # a trained model's; a source model has none
+        lengths = read_json(record) if record.is_file() else {"max_length": ctx.preprocess_of().max_length,
+                                                              "splits": {"train": None}}
         source = ctx.recipe.data.source
         dataset, dataset_license = DATASET_CARDS.get(source, (ctx.recipe.data.path or source, "not recorded"))
         backbone = ctx.recipe.model.backbone
