@@ -52,7 +52,11 @@ def optimize_overrides(
         "data.path": str(data.resolve()), "data.val_fraction": VAL_FRACTION, "data.test_fraction": TEST_FRACTION,
         "distill.enabled": False, "quantize.qat": False, "quantize.models": ["teacher"],
     }
-    if task == "text-classification":  # a classifier brought as a folder: no accuracy-aware search on text yet
+    if task == "image-classification":
+        # No dynamic INT8 for a CNN: measured on MobileNetV2 (benchmarks/results/optimize.md) it ran 10-12x slower
+        # than FP32 (ONNX Runtime's ConvInteger) at 59% agreement.
+        values["quantize.methods"] = ["onnx-int8-static", "onnx-int8-static-acc", "openvino-int8"]
+    if task == "text-classification":  # the built-in banking77 recipe's INT8 methods for BERT-family classifiers
         values["quantize.methods"] = ["onnx-int8-dynamic", "openvino-int8"]
     if task == "text-embedding":
         # Unlabelled texts; no accuracy-aware search (it ranks class logits). Nearest-neighbour agreement is a

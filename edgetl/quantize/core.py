@@ -152,7 +152,8 @@ def check_token_batches(batches: list[dict[str, np.ndarray]], input_names: list[
     if count < minimum:
         raise CalibrationError(
             f"the calibration set has {count} text(s), fewer than the {minimum} required "
-            "(quantize.min_calibration_size); give more training texts or raise quantize.calibration_size"
+            "(quantize.min_calibration_size); give more texts (the calibration set comes from the training split), "
+            "raise quantize.calibration_size if it is below that, or lower quantize.min_calibration_size"
         )
     return checked
 
@@ -183,7 +184,8 @@ def check_calibration(
     if len(calibration) < minimum:
         raise CalibrationError(
             f"the calibration set has {len(calibration)} image(s), fewer than the {minimum} required "
-            "(quantize.min_calibration_size); give more training images or raise quantize.calibration_size"
+            "(quantize.min_calibration_size); give more images (the calibration set comes from the training split: "
+            "30% of the data for `edgetl optimize`), or lower quantize.min_calibration_size"
         )
     if not np.isfinite(calibration).all():
         raise CalibrationError("the calibration set holds NaN or infinite values; check the preprocessing")
