@@ -2,9 +2,11 @@
 (inputs, outputs, labels, preprocessing) and copy it into a run, so the pipeline's export -> quantize -> validate
 -> bench -> ship runs on it as on a model edgetl trained.
 
-``SOURCE_FORMATS`` maps a file to its reader by suffix; each reader is torch-free and imports its runtime lazily.
+``SOURCE_FORMATS`` maps a file to its reader by suffix (a Hugging Face folder by its config.json); each reader is
+torch-free and imports its runtime lazily.
 """
 
+from . import hf  # noqa: F401  (registers the Hugging Face folder format)
 from .labels import match_labels, read_labels
 from .model import SOURCE_FORMATS, SourceModel, read_source
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._io import atomic_path, replace_dir
 from ..errors import ExportError, RecipeError
-from .model import ModelInput, SourceFormat, SourceModel
+from .model import SOURCE_FORMATS, ModelInput, SourceFormat, SourceModel
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _COPIED = {".json", ".safetensors", ".txt", ".model"}  # config, weights, tokenizer (vocab / sentencepiece)
@@ -192,5 +192,6 @@ def _to_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> dict[
             "exporter": f"torch.onnx (TorchScript) of {source.name}'s {what}", "metadata": metadata}
 
 
-HF_FOLDER = SourceFormat("hf", (), _read, _copy, "model", "torch:cpu", ("onnx", "openvino"),
-                         reference=reference_model, to_onnx=_to_onnx)
+HF_FOLDER = SOURCE_FORMATS.register("hf", SourceFormat(
+    "hf", (), _read, _copy, "model", "torch:cpu", ("onnx", "openvino"), reference=reference_model, to_onnx=_to_onnx,
+    detect=is_hf_folder))

@@ -86,6 +86,7 @@ class SourceFormat:
     # is not ONNX already (path, destination, metadata)
     reference: Callable[[Path], Any] | None = None
     to_onnx: Callable[[Path, Path, dict[str, str]], dict[str, Any]] | None = None
+    detect: Callable[[Path], bool] | None = None  # a format known by its content (a folder) rather than a suffix
 
 
 SOURCE_FORMATS: Registry[SourceFormat] = Registry("model source format", key="model.source")
@@ -93,10 +94,9 @@ SOURCE_FORMATS: Registry[SourceFormat] = Registry("model source format", key="mo
 
 def source_format(path: str | Path) -> SourceFormat:
     """The reader for ``path``: a Hugging Face folder, else by suffix; a one-line error naming what is accepted."""
-    from .hf import HF_FOLDER, is_hf_folder
-
-    if is_hf_folder(Path(path).expanduser()):
-        return HF_FOLDER
+    for fmt in SOURCE_FORMATS.values():
+        if fmt.detect is not None and fmt.detect(Path(path).expanduser()):
+            return fmt
     suffix = Path(path).suffix.lower()
     for fmt in SOURCE_FORMATS.values():
         if suffix in fmt.suffixes:
@@ -235,8 +235,8 @@ def _read_program(path: Path) -> SourceModel:
     output = next(node for node in program.graph.nodes if node.op == "output").args[0][0]
     model = SourceModel(path=path, format="torch-export", inputs=inputs, output_shape=dims(output.meta["val"]))
     if inputs and inputs[0].shape and inputs[0].shape[0] is not None:
-        raise RecipeError(f"model.source {path.name}: its batch axis is fixed at {inputs[0].shape[0]}; export it with a "
-                          "dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: "
+        raise RecipeError(f"model.source {path.name}: its batch axis is fixed at {inputs[0].shape[0]}; export it with "
+                          "a dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: "
                           "torch.export.Dim('batch')},))")
     return model
 

@@ -1,8 +1,9 @@
 """One process at a time per run folder: an advisory lock on ``runs/<name>/.lock``.
 
 The operating system drops the lock when its process ends, however it ends (SIGKILL included), so a killed run
-never leaves a stale lock behind; what it left half-written (hidden work files) is swept when the lock is taken. The file holds the holder's pid and command line, which a refused second
-process names. Where ``fcntl`` does not exist (Windows) runs are not guarded.
+never leaves a stale lock behind; what it left half-written (hidden work files) is swept when the lock is taken.
+The file holds the holder's pid and command line, which a refused second process names. Where ``fcntl`` does not
+exist (Windows) runs are not guarded.
 """
 
 from __future__ import annotations

@@ -116,9 +116,11 @@ class Imported:
                 "preprocess": preprocess.to_dict(), "backbone": model.path.name, "opset": model.opset,
                 "inputs": [dataclasses.asdict(i) for i in model.inputs]}
         write_json(record, meta)
+        named_by = ("none (an embedding)" if labels == [] else "from model.labels" if ctx.recipe.model.labels
+                    else "from the model" if model.labels else "from the data")
         ctx.log(f"source: {model.path} ({fmt.name}, {len(model.inputs)} input(s) "
                 f"{', '.join(str(list(i.shape)) for i in model.inputs)}, {model.num_outputs} outputs, "
-                f"labels {'from the model' if model.labels else 'from model.labels' if ctx.recipe.model.labels else 'from the data'})")
+                f"labels {named_by})")
         return meta
 
     def _labels(self, ctx, model) -> list[str] | None:
