@@ -257,14 +257,18 @@ def check_variants(workload: Workload, variants: list[dict[str, Any]], threads: 
 # -- interleaved timing -----------------------------------------------------------------------------
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], *, rounds: int, per_round: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Per-round median latency (ms) of each call, the calls taking turns round after round."""
+def interleaved(calls: dict[str, Callable[[], Any]], *, rounds: int, per_round: int, warmup: int = 3,
+                settle: float = 0.0) -> dict[str, list[float]]:
+    """Per-round median latency (ms) of each call, the calls taking turns round after round; ``settle`` seconds
+    of pause (not timed) before each turn let the previous call's spinning worker threads go idle."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
+            if settle:
+                time.sleep(settle)
             times = []
             for _ in range(per_round):
                 start = time.perf_counter_ns()

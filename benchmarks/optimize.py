@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compression import machine_lines, ratio_stats  # benchmarks/compression.py
+from compression import interleaved, machine_lines, ratio_stats  # benchmarks/compression.py
 
 from edgetl._io import read_json, write_json, write_text
 from edgetl.errors import EdgetlError
@@ -238,26 +238,6 @@ def made_variants(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]
                                            v["variant"]))
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], *, rounds: int, per_round: int, warmup: int = 3,
-                settle: float = SETTLE_SECONDS) -> dict[str, list[float]]:
-    """Per-round median latency (ms) of each call, the calls taking turns round after round (as
-    ``compression.interleaved``), with a pause of ``settle`` seconds, not timed, before each call's turn."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            time.sleep(settle)
-            times = []
-            for _ in range(per_round):
-                start = time.perf_counter_ns()
-                call()
-                times.append((time.perf_counter_ns() - start) / 1e6)
-            samples[name].append(float(np.median(times)))
-    return samples
-
-
 def time_variants(ctx, variants: list[dict[str, Any]], *, threads: int, batch_sizes: list[int],
                   rounds: int) -> list[dict[str, Any]]:
     """Latency of every made variant on its own runtime, with per-round ratios to the original FP32 on that runtime,
@@ -278,7 +258,7 @@ def time_variants(ctx, variants: list[dict[str, Any]], *, threads: int, batch_si
                     ctx.splits.test, np.arange(batch_size) % len(ctx.splits.test))
                 print(f"timing {runtime} batch {batch_size}: {len(group)} variants x {rounds} rounds", flush=True)
                 samples = interleaved({name: (lambda r=runner, x=x: r.predict(x)) for name, runner in group.items()},
-                                      rounds=rounds, per_round=5 if batch_size == 1 else 2)
+                                      rounds=rounds, per_round=5 if batch_size == 1 else 2, settle=SETTLE_SECONDS)
                 rows += [{"variant": name, "runtime": runtime, "batch": batch_size,
                           "median_ms": round(float(np.median(times)), 3),
                           "q25_ms": round(float(np.percentile(times, 25)), 3),
