@@ -89,3 +89,11 @@ def recover_dir(target: str | os.PathLike) -> Path:
     if not target.exists() and aside.is_dir():
         aside.rename(target)
     return target
+
+
+def is_fresh(record: Path, key: dict[str, Any]) -> bool:
+    """Whether the JSON ``record`` was written for exactly this ``key``."""
+    try:
+        return read_json(record).get("key") == key
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False

@@ -109,16 +109,20 @@ def reference_model(folder: Path):
     return classifier(folder) if head(folder) == "sequence-classification" else embedder(folder)
 
 
+def _load(auto_class, folder: Path):
+    """``auto_class.from_pretrained`` on the local folder's safetensors weights, or a one-line error."""
+    try:
+        return auto_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    except Exception as exc:
+        raise RecipeError(f"transformers cannot load {folder}: {str(exc).splitlines()[0][:200]}") from None
+
+
 def classifier(folder: Path):
     """A transformers sequence classifier, called with input_ids, attention_mask (and token_type_ids): logits."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True,
-                                                                   use_safetensors=True)
-    except Exception as exc:
-        raise RecipeError(f"transformers cannot load {folder}: {str(exc).splitlines()[0][:200]}") from None
+    model = _load(AutoModelForSequenceClassification, folder)
 
     class Classifier(torch.nn.Module):
         def __init__(self) -> None:
@@ -138,10 +142,7 @@ def embedder(folder: Path):
     from transformers import AutoModel
 
     settings = pooling(folder)
-    try:
-        encoder = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    except Exception as exc:
-        raise RecipeError(f"transformers cannot load {folder}: {str(exc).splitlines()[0][:200]}") from None
+    encoder = _load(AutoModel, folder)
 
     class Embedder(torch.nn.Module):
         def __init__(self) -> None:

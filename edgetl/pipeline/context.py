@@ -5,7 +5,6 @@ on disk is reloaded by itself; nothing is reset by hand)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,21 +12,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._io import atomic_path, read_json, sha256_file, write_json
+from .._io import atomic_path, is_fresh, read_json, sha256_file, write_json
 from ..errors import EdgetlError
 from ..settings import Recipe
 from ..tasks import TEACHER, Task, get_task
 from .origin import origin_of
 from .plan import TORCH_VARIANT, Planned, fp32_artifact, plan, prefix
 
-
-
-def is_fresh(record: Path, key: dict[str, Any]) -> bool:
-    """Whether the JSON ``record`` was written for exactly this ``key``."""
-    try:
-        return read_json(record).get("key") == key
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
 
 
 @dataclass(frozen=True)

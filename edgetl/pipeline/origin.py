@@ -8,10 +8,11 @@ every variant is held to (the torch model, or the user's original file on its ow
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable
 
-from .._io import read_json, write_json
+from .._io import is_fresh, read_json, write_json
 from ..errors import EdgetlError
 from ..registry import Registry
 from ..tasks import STUDENT, TEACHER
@@ -105,7 +106,7 @@ class Imported:
         fmt = source_format(model.path)
         key = {"source": model.sha256(), "model": ctx.recipe.section_hash("model", "text")}  # text: max_length
         record = folder / SOURCE_META
-        if _fresh(record, key) and (folder / fmt.file).exists():
+        if is_fresh(record, key) and (folder / fmt.file).exists():
             return read_json(record)
         preprocess = ctx.task.source_preprocess(ctx.recipe, model)
         labels = self._labels(ctx, model)
@@ -213,7 +214,7 @@ class Imported:
         from ..imported.model import source_format
 
         path, meta = ctx.model(model_key)
-        metadata = {k: v if isinstance(v, str) else _json(v) for k, v in ctx.model_metadata(model_key).items()}
+        metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in ctx.model_metadata(model_key).items()}
         if fmt == meta["format"]:  # the original graph, with labels and preprocessing added to its metadata
             source = source_format(path)
             source.copy(path, folder / source.file, metadata)
@@ -260,19 +261,6 @@ def np_take(mapping: list[int], labels):
     import numpy as np
 
     return np.asarray(mapping, dtype=np.int64)[labels]
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
-
-
-def _fresh(record: Path, key: dict[str, Any]) -> bool:
-    try:
-        return read_json(record).get("key") == key
-    except (FileNotFoundError, ValueError):
-        return False
 
 
 ORIGINS: Registry[Any] = Registry("model origin")
