@@ -47,7 +47,7 @@ def optimize(
 
     summary = run_optimize(model, data, labels=labels, task=task, out=out, size=size, mean=floats(mean, "--mean"),
                            std=floats(std, "--std"), overrides=set_ or [], progress=not quiet,
-                           log=lambda m: out_print(m))
+                           log=out_print)
     print_run(summary)
     if target:
         bench_on_targets(Path(summary["archive"]), target, quiet=quiet)
