@@ -119,18 +119,16 @@ def check_names(recipe: Recipe) -> None:
 
 def check_source(recipe: Recipe) -> None:
     """A ``model.source`` is a model file edgetl reads, with what it needs; its settings are refused without one."""
-    from .imported.model import source_format
+    from .imported.model import locate_source, source_format
 
     model = recipe.model
     if not model.source:
-        for key in ("labels", "mean", "std"):
+        for key in ("labels", "mean", "std", "tokenizer", "output"):
             if getattr(model, key):
                 raise RecipeError(f"model.{key} describes a model.source, and none is given; set model.source or "
                                   f"remove model.{key}")
         return
-    if not Path(model.source).expanduser().exists():
-        raise RecipeError(f"model.source {model.source!r} does not exist; give the path of your model file or folder")
-    fmt = source_format(model.source)
+    fmt = source_format(locate_source(model.source, model))
     from .quantize import QUANTIZERS
 
     for key, names in (("export.formats", recipe.export.formats), ("quantize.methods", recipe.quantize.methods)):

@@ -46,6 +46,17 @@ class ModelConfig:
     # std in [0, 1] units, e.g. ImageNet's [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225]
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    # How an image of any shape becomes a square model input: "shorter-side+center-crop" (the standard: scale the
+    # shorter side to image_size / crop_fraction, cut the centre square), "squash" (stretch to the square) or
+    # "letterbox" (fit inside the square, pad the rest). crop_fraction 0.875 is torchvision's ImageNet evaluation
+    # (resize to 256, crop 224); a square image is never cropped at 1.0.
+    resize: Literal["shorter-side+center-crop", "squash", "letterbox"] = "shorter-side+center-crop"
+    crop_fraction: float = ranged(1.0, gt=0, le=1)
+    # A text model given as an ONNX file: the folder (or tokenizer.json / vocab.txt file) with its tokenizer
+    tokenizer: str = ""
+    # The source model's output to use when it has several (by name); "": the first, or for an embedding model the
+    # first (N, D) float output. The others are cut from the graph when it is brought into the run.
+    output: str = ""
 
 
 @dataclass

@@ -371,3 +371,19 @@ def test_a_transformers_text_classifier_folder_keeps_its_labels(tmp_path, monkey
     assert json.loads((tmp_path / "models/intent-bert/labels.json").read_text()) == ["card", "cash", "fx"]
     predicted = _edgetl(tmp_path, "predict", "models/intent-bert", "my card does not work")
     assert predicted.returncode == 0 and any(f": {label} (" in predicted.stdout for label in words), predicted.stdout
+
+
+def test_optimize_flags_become_recipe_fields_and_names_come_from_the_model(user_files, monkeypatch):
+    from edgetl.pipeline.optimize import _spec_stem, optimize_overrides
+    from edgetl.recipe import load_recipe
+
+    monkeypatch.chdir(user_files)
+    overrides = optimize_overrides("model.onnx", "photos", mean=[0.5] * 3, std=[0.5] * 3, resize="letterbox",
+                                   crop_fraction=0.875, output="logits")
+    recipe = load_recipe(None, overrides)
+    assert (recipe.model.resize, recipe.model.crop_fraction, recipe.model.output) == ("letterbox", 0.875, "logits")
+    assert recipe.ship.name == "model" and recipe.model.source == str((user_files / "model.onnx").resolve())
+    assert _spec_stem("owner/tiny-vit@0123abc") == "tiny-vit"
+    assert _spec_stem("mypkg.nets:make_net") == "make_net"
+    with pytest.raises(RecipeError, match="does not exist"):
+        optimize_overrides("no-such-model.onnx", "photos")

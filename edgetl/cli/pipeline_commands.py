@@ -22,20 +22,31 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) 
 
 
 def optimize(
-    model: Annotated[Path, typer.Argument(help="Your model: .onnx, OpenVINO .xml, torch.export .pt2, or a "
-                                                 "sentence-transformers folder.")],
+    model: Annotated[str, typer.Argument(help="Your model: .onnx, OpenVINO .xml, torch.export .pt2, a Hugging Face "
+                                                "folder or hub id (owner/name), or package.module:factory with "
+                                                "--weights.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Image folder, one sub-folder per class (named after "
                                        "the model's labels) or images alone; for text, a .csv/.tsv/.jsonl file.")],
     labels: Annotated[Optional[Path], typer.Option(help="The model's class names, one per line (when the model "
                                                    "does not carry them).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="What the model does: image-classification (files) or "
-                                                "text-embedding (a sentence-transformers folder; the default for "
-                                                "folders).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="What the model does: image-classification (the default for "
+                                                "files), text-classification, text-embedding, image-regression (a "
+                                                "Hugging Face folder says which itself).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Bundle path, e.g. models/NAME (default: models/<model stem>).")
                    ] = None,
     size: Annotated[Optional[int], typer.Option(help="Input size when the model's is dynamic.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Pixel mean in [0, 1], e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Pixel std in [0, 1], e.g. 0.229,0.224,0.225.")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="How photos become square: shorter-side+center-crop "
+                                                  "(default), squash or letterbox.")] = None,
+    crop_fraction: Annotated[Optional[float], typer.Option(help="Center-crop share of the shorter side, e.g. "
+                                                           "0.875 (resize 256, crop 224).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="A text model's tokenizer folder (tokenizer.json or "
+                                                      "vocab.txt), when the model is an ONNX file.")] = None,
+    output: Annotated[Optional[str], typer.Option(help="The model output to use, by name, when it has several.")
+                      ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="The .safetensors state dict for a "
+                                                    "package.module:factory model.")] = None,
     target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="Also bench the bundle on these "
                                                         "targets (repeatable).")] = None,
     set_: SetOpt = None,
@@ -46,8 +57,9 @@ def optimize(
     from .device_commands import bench_on_targets
 
     summary = run_optimize(model, data, labels=labels, task=task, out=out, size=size, mean=floats(mean, "--mean"),
-                           std=floats(std, "--std"), overrides=set_ or [], progress=not quiet,
-                           log=out_print)
+                           std=floats(std, "--std"), resize=resize, crop_fraction=crop_fraction,
+                           tokenizer=tokenizer, output=output, weights=weights, overrides=set_ or [],
+                           progress=not quiet, log=out_print)
     print_run(summary)
     if target:
         bench_on_targets(Path(summary["archive"]), target, quiet=quiet)

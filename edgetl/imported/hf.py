@@ -68,7 +68,7 @@ def _labels(config: dict[str, Any]) -> list[str] | None:
     return labels
 
 
-def _read(path: Path) -> SourceModel:
+def _read(path: Path, config: Any = None) -> SourceModel:
     config = _json(path / "config.json")
     if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
         raise RecipeError(f"model.source {path} has no tokenizer (tokenizer.json or vocab.txt); save the tokenizer "

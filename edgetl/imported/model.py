@@ -77,7 +77,9 @@ class SourceModel:
 class SourceFormat:
     name: str
     suffixes: tuple[str, ...]
-    read: Callable[[Path], SourceModel]
+    # what the model says about itself; the second argument is the recipe's ``model`` section (``ModelConfig``:
+    # ``output``, ``tokenizer``, ``weights``, ...), or None when only the file is at hand (``edgetl bench FILE``)
+    read: Callable[[Path, Any], SourceModel]
     copy: Callable[[Path, Path, dict[str, str]], None]  # (source, destination file, metadata to add)
     file: str  # the model file's name inside the run's source folder
     runtime: str  # where the original runs: the reference every variant is held to
@@ -87,6 +89,18 @@ class SourceFormat:
     reference: Callable[[Path], Any] | None = None
     to_onnx: Callable[[Path, Path, dict[str, str]], dict[str, Any]] | None = None
     detect: Callable[[Path], bool] | None = None  # a format known by its content (a folder) rather than a suffix
+    # a source named by something other than a local path (a hub id, ``package.module:factory``): the local path
+    # to read it from, or None when ``spec`` is not of this kind
+    locate: Callable[[str, Any], Path | None] | None = None
+    # how the source comes into the run's folder (``destination``: ``runs/<name>/source/<file>``); default: ``copy``
+    # of the file as it is. A format that cuts unused outputs or writes its settings beside the weights says so here.
+    bring: Callable[[SourceModel, Path], None] | None = None
+
+    def bring_into(self, model: SourceModel, destination: Path) -> None:
+        if self.bring is not None:
+            self.bring(model, destination)
+        else:
+            self.copy(model.path, destination, {})
 
 
 SOURCE_FORMATS: Registry[SourceFormat] = Registry("model source format", key="model.source")
@@ -107,11 +121,22 @@ def source_format(path: str | Path) -> SourceFormat:
                       "export onnx)")
 
 
-def read_source(path: str | Path) -> SourceModel:
-    path = Path(path).expanduser()
-    if not path.is_file() and not path.is_dir():
-        raise RecipeError(f"model.source {str(path)!r} does not exist; give the path of your model file or folder")
-    return source_format(path).read(path)
+def locate_source(spec: str | Path, config: Any = None) -> Path:
+    """The local path of ``model.source``: the path itself, or what a format's ``locate`` makes of a name that is
+    not a path (a Hugging Face hub id, a ``package.module:factory``)."""
+    path = Path(spec).expanduser()
+    if path.is_file() or path.is_dir():
+        return path
+    for fmt in SOURCE_FORMATS.values():
+        if fmt.locate is not None and (located := fmt.locate(str(spec), config)) is not None:
+            return located
+    raise RecipeError(f"model.source {str(spec)!r} does not exist; give the path of your model file or folder")
+
+
+def read_source(spec: str | Path, config: Any = None) -> SourceModel:
+    """What the model ``spec`` (``model.source``) says about itself, read with the recipe's ``model`` settings."""
+    path = locate_source(spec, config)
+    return source_format(path).read(path, config)
 
 
 # -- ONNX -------------------------------------------------------------------------------------------
@@ -119,7 +144,7 @@ def read_source(path: str | Path) -> SourceModel:
 _ONNX_TYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8", 9: "bool"}
 
 
-def _read_onnx(path: Path) -> SourceModel:
+def _read_onnx(path: Path, config: Any = None) -> SourceModel:
     import onnx
 
     try:
@@ -163,7 +188,7 @@ SOURCE_FORMATS.register("onnx", SourceFormat("onnx", (".onnx",), _read_onnx, _co
 _OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "boolean": "bool"}
 
 
-def _read_openvino(path: Path) -> SourceModel:
+def _read_openvino(path: Path, config: Any = None) -> SourceModel:
     from ..quantize.core import openvino_module
 
     ov = openvino_module()
@@ -223,7 +248,7 @@ def _load_program(path: Path):
                           "save one with torch.export.save(torch.export.export(model, example_inputs), PATH)") from None
 
 
-def _read_program(path: Path) -> SourceModel:
+def _read_program(path: Path, config: Any = None) -> SourceModel:
     program = _load_program(path)
     user_inputs = set(program.graph_signature.user_inputs)
 

@@ -30,24 +30,40 @@ def optimize_overrides(
     size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    resize: str | None = None,
+    crop_fraction: float | None = None,
+    tokenizer: str | Path | None = None,
+    output: str | None = None,
+    weights: str | Path | None = None,
 ) -> list[str]:
-    """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``. ``task``
-    defaults by the model: a Hugging Face folder says (a classifier, or an encoder: text-embedding), a file is an
-    image classifier."""
-    model, data = Path(model).expanduser(), Path(data).expanduser()
-    if not model.exists():
-        raise RecipeError(f"model {str(model)!r} not found; give the path of your .onnx (or OpenVINO .xml) file")
+    """The ``section.key=value`` recipe overrides that make ``edgetl run`` optimize ``model`` on ``data``.
+
+    ``model``: a model file or Hugging Face folder, a hub id (``owner/name``) or ``package.module:factory`` with
+    its safetensors ``weights``. ``task`` defaults by the model: a Hugging Face folder says (a classifier, or an
+    encoder: text-embedding), a file is an image classifier. ``tokenizer``: a text model's, when the model is an
+    ONNX file; ``output``: which of the model's outputs to use when it has several."""
+    from ..imported.model import locate_source
+    from ..settings import ModelConfig
+
+    data = Path(data).expanduser()
+    local = Path(model).expanduser()
+    if local.exists():
+        spec, located = str(local.resolve()), local
+    else:  # a hub id or a factory: its format finds it (or says what is wrong in one line)
+        spec = str(model)
+        located = locate_source(spec, ModelConfig(source=spec, weights=str(weights or "package"),
+                                                  image_size=size or ModelConfig.image_size))
     if not data.exists():
         raise RecipeError(f"data {str(data)!r} not found; give an image folder (one sub-folder per class) or a "
                           f"{'/'.join(TEXT_SUFFIXES)} file")
-    out = Path(out) if out else Path("models") / _name(model.stem)
+    out = Path(out) if out else Path("models") / _name(local.stem if local.exists() else _spec_stem(spec))
     if task is None:
         from ..imported.hf import is_hf_folder, task_of
 
-        task = task_of(model) if is_hf_folder(model) else "image-classification"
+        task = task_of(located) if is_hf_folder(located) else "image-classification"
     values: dict[str, Any] = {
         "run.name": out.name, "ship.name": out.name, "ship.output_dir": str(out.parent),
-        "model.task": task, "model.source": str(model.resolve()),
+        "model.task": task, "model.source": spec,
         "data.source": "text-file" if data.suffix.lower() in TEXT_SUFFIXES else "folder",
         "data.path": str(data.resolve()), "data.val_fraction": VAL_FRACTION, "data.test_fraction": TEST_FRACTION,
         "distill.enabled": False, "quantize.qat": False, "quantize.models": ["teacher"],
@@ -64,7 +80,7 @@ def optimize_overrides(
         # kept every text's cosine >= 0.99 yet 96.7% of nearest neighbours; the gate holds it to 95% here.
         values.update({"data.label_column": "", "quantize.methods": ["onnx-int8-dynamic", "openvino-int8"],
                        "validate.gate.min_agreement": 0.95})
-    if model.suffix.lower() == ".xml":  # an OpenVINO IR becomes OpenVINO variants only
+    if located.suffix.lower() == ".xml":  # an OpenVINO IR becomes OpenVINO variants only
         values.update({"export.formats": ["openvino"], "ship.formats": ["openvino"],
                        "quantize.methods": ["openvino-int8", "openvino-fp16"]})
     if labels:
@@ -75,6 +91,10 @@ def optimize_overrides(
         values["model.mean"] = [float(v) for v in mean]
     if std:
         values["model.std"] = [float(v) for v in std]
+    optional = {"model.resize": resize, "model.crop_fraction": crop_fraction, "model.output": output,
+                "model.tokenizer": tokenizer and str(Path(tokenizer).expanduser().resolve()),
+                "model.weights": weights and str(Path(weights).expanduser().resolve())}
+    values.update({key: value for key, value in optional.items() if value is not None})
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
@@ -87,6 +107,13 @@ def optimize(model: str | Path, data: str | Path, *, overrides: Sequence[str] = 
 
     recipe = load_recipe(None, [*optimize_overrides(model, data, **options), *overrides])
     return run(recipe, progress=progress, log=log)
+
+
+def _spec_stem(spec: str) -> str:
+    """The name part of a hub id (``owner/name@revision``) or a factory (``package.module:factory``)."""
+    if ":" in spec:
+        return spec.rsplit(":", 1)[1]
+    return spec.split("@")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def _name(stem: str) -> str:

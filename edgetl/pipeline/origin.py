@@ -102,7 +102,7 @@ class Imported:
         from ..imported.model import source_format
 
         folder = ctx.model_dir(TEACHER)
-        model = read_source(ctx.recipe.model.source)
+        model = read_source(ctx.recipe.model.source, ctx.recipe.model)
         fmt = source_format(model.path)
         key = {"source": model.sha256(), "model": ctx.recipe.section_hash("model", "text")}  # text: max_length
         record = folder / SOURCE_META
@@ -111,7 +111,7 @@ class Imported:
         preprocess = ctx.task.source_preprocess(ctx.recipe, model)
         labels = self._labels(ctx, model)
         folder.mkdir(parents=True, exist_ok=True)
-        fmt.copy(model.path, folder / fmt.file, {})
+        fmt.bring_into(model, folder / fmt.file)
         meta = {"key": key, "source": str(model.path.resolve()), "source_sha256": key["source"], "format": fmt.name,
                 "file": fmt.file, "runtime": fmt.runtime, "classes": labels, "num_classes": model.num_outputs,
                 "preprocess": preprocess.to_dict(), "backbone": model.path.name, "opset": model.opset,
