@@ -68,14 +68,14 @@ class Workload:
 
 
 def default_workload(run: Path, quick: bool) -> Workload:
-    from edgetl.backbones import get_spec
     from edgetl.data import load_splits
     from edgetl.tasks.image import load_checkpoint
     from edgetl.recipe import load_recipe
+    from edgetl.tasks import get_task
 
     recipe_file = run / "recipe.toml"
     recipe = load_recipe(recipe_file if recipe_file.is_file() else None)
-    preprocess = get_spec(recipe.model.backbone).preprocess(recipe.model.image_size)
+    preprocess = get_task(recipe).teacher_preprocess(recipe)
     splits = load_splits(recipe.data, preprocess)
     models = {"teacher": load_checkpoint(run / "finetune")[0]}
     fp32_files = {"teacher": {"onnx": run / "artifacts/onnx-fp32/model.onnx",

@@ -763,7 +763,7 @@ def test_odd_but_valid_images_load_with_the_right_shape_and_colour(kind, tmp_pat
     path = tmp_path / name
     path.write_bytes(make())
     for channels in (3, 1):
-        array = ImagePreprocess(image_size=24, channels=channels).resize(path)
+        array = ImagePreprocess(image_size=24, channels=channels).resize_image(path)
         assert array.shape == (24, 24, channels) and array.dtype == np.uint8
         want = rgb if channels == 3 else [round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])]
         np.testing.assert_allclose(array.reshape(-1, channels).mean(axis=0), want, atol=6, err_msg=kind)

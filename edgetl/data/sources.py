@@ -104,7 +104,8 @@ def _val_fraction(config, per_class: int | None) -> float:
 
 
 def _resized(images: np.ndarray, labels: np.ndarray, preprocess) -> LabeledImages:
-    return LabeledImages(np.stack([preprocess.resize(img) for img in images]), labels, list(FASHION_MNIST_CLASSES))
+    resized = np.stack([preprocess.resize_image(image) for image in images])
+    return LabeledImages(resized, labels, list(FASHION_MNIST_CLASSES))
 
 
 # -- image folders --------------------------------------------------------------------------
@@ -157,5 +158,5 @@ def _load_folder(root: Path, preprocess, expected_classes: list[str] | None = No
     if expected_classes is not None and classes != expected_classes:
         raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}; give it the "
                         "same class sub-folders")
-    return LabeledImages(np.stack([preprocess.resize(path) for path in files]), labels, classes)
+    return LabeledImages(np.stack([preprocess.resize_image(path) for path in files]), labels, classes)
 

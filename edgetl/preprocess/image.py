@@ -6,15 +6,19 @@ Only numpy and Pillow: the bundle's ``predict`` path uses this module without to
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import DataError
+from ..registry import Registry
 
 _RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling values
 # Files read as images (image-folder datasets); a text bundle refuses them as texts.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# What a preprocess.json without a "resize" key (bundles and checkpoints from before the policy was recorded) used.
+LEGACY_RESIZE = "squash"
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,10 @@ class ImagePreprocess:
     layout: str = "NCHW"
     dtype: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
+    # How an image of any shape becomes the square: a name in RESIZE_POLICIES. crop_fraction < 1 (only with
+    # "shorter-side+center-crop") scales the shorter side to round(image_size / crop_fraction) before the crop.
+    resize: str = "shorter-side+center-crop"
+    crop_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
@@ -40,10 +48,20 @@ class ImagePreprocess:
             raise DataError(f"channels must be 1 or 3, got {self.channels}")
         if self.resample not in _RESAMPLE:
             raise DataError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
+        if not isinstance(self.resize, str) or self.resize not in RESIZE_POLICIES:
+            raise DataError(RESIZE_POLICIES.unknown(self.resize))
+        fraction = self.crop_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise DataError(f"crop_fraction must be > 0 and <= 1, got {fraction!r}; 1.0 keeps the whole shorter side, "
+                            "0.875 is torchvision's ImageNet evaluation crop (resize 256, crop 224)")
+        if fraction != 1 and self.resize != "shorter-side+center-crop":
+            raise DataError(f"crop_fraction {fraction} only applies to resize 'shorter-side+center-crop', not "
+                            f"{self.resize!r}; set crop_fraction to 1.0 or resize to 'shorter-side+center-crop'")
 
     # -- stage 1: any image -> uint8 HWC at the model's size ---------------------------
-    def resize(self, image: Any) -> np.ndarray:
-        """PIL image, path, or uint8 array (HW or HWC) -> uint8 array (size, size, channels)."""
+    def resize_image(self, image: Any) -> np.ndarray:
+        """PIL image, path, or uint8 array (HW or HWC) -> uint8 array (size, size, channels): turned upright by its
+        EXIF orientation, 16-bit scaled to 8, converted to RGB or grayscale, then made square by ``resize``."""
         from PIL import Image
 
         if isinstance(image, np.ndarray):
@@ -53,13 +71,27 @@ class ImagePreprocess:
             if array.ndim == 3 and array.shape[2] == 1:
                 array = array[:, :, 0]
             image = Image.fromarray(array)
-        elif not isinstance(image, Image.Image):
+        elif isinstance(image, Image.Image):
+            image = upright(image)
+        else:
             image = _open_image(image)
         image = _to_8_bit(image).convert("RGB" if self.channels == 3 else "L")
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), _RESAMPLE[self.resample])
+        image = RESIZE_POLICIES.get(self.resize, error=DataError).fit(image, self)
         array = np.asarray(image, dtype=np.uint8)
         return array[:, :, None] if array.ndim == 2 else array
+
+    @property
+    def scaled_size(self) -> int:
+        """The shorter side before the center crop: round(image_size / crop_fraction) (256 for 224 at 0.875)."""
+        return round(self.image_size / self.crop_fraction)
+
+    @property
+    def fill_pixel(self) -> tuple[int, ...]:
+        """The letterbox padding, round(mean * 255) per channel: it normalises to (about) 0."""
+        values = [min(255, max(0, round(float(m) * 255))) for m in self.mean]
+        if self.channels == 1:
+            return (round(sum(values) / len(values)),)
+        return tuple(values) if len(values) == 3 else (values[0],) * 3
 
     # -- stage 2: uint8 NHWC batch -> normalised float32 NCHW --------------------------
     def normalize(self, batch: np.ndarray) -> np.ndarray:
@@ -75,7 +107,7 @@ class ImagePreprocess:
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
         """Images (paths, PIL images or uint8 arrays) -> model-ready float32 batch."""
-        return self.normalize(np.stack([self.resize(image) for image in images]))
+        return self.normalize(np.stack([self.resize_image(image) for image in images]))
 
     # -- the preprocessing protocol (see edgetl.preprocess) -------------------------------------
     kind = "image"
@@ -91,8 +123,12 @@ class ImagePreprocess:
         return np.arange(len(data))
 
     def describe(self) -> str:
-        return (f"{self.resample} resize to {self.image_size}x{self.image_size}, {self.channels} channel(s), "
+        return (f"EXIF orientation applied, {self.resize_words()}, {self.channels} channel(s), "
                 f"(pixel/255 - mean {list(self.mean)}) / std {list(self.std)}, {self.layout} {self.dtype}")
+
+    def resize_words(self, times: str = "x") -> str:
+        """The resize policy in words, e.g. "resize the shorter side to 256 (bilinear), center-crop 224x224"."""
+        return RESIZE_POLICIES.get(self.resize, error=DataError).words(self, times)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -126,7 +162,8 @@ class ImagePreprocess:
             "description": "Image classifier shipped by edgetl.",
             "samples": "images",
             "input": f"{self.dtype} {self.layout} (N, {self.channels}, {size}, {size})",
-            "steps": (f"{'RGB' if self.channels == 3 else 'grayscale'}, resize to {size}×{size} ({self.resample}), "
+            "steps": (f"{'RGB' if self.channels == 3 else 'grayscale'}, turned upright by its EXIF orientation, "
+                      f"{self.resize_words('×')}, "
                       f"x = (pixel / 255 − mean) / std, mean {list(self.mean)}, std {list(self.std)}"),
             "example": "photo.jpg",
             "example_code": repr("photo.jpg"),
@@ -144,8 +181,10 @@ class ImagePreprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], root: Any = None) -> "ImagePreprocess":
-        """``root`` is unused: an image preprocess needs no files (it is there for the shared protocol)."""
+        """``root`` is unused: an image preprocess needs no files (it is there for the shared protocol). Without a
+        "resize" key (saved before the policy was recorded) the images were squashed: ``LEGACY_RESIZE``."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("resize", LEGACY_RESIZE)
         for key in ("mean", "std"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
@@ -165,13 +204,25 @@ def _to_8_bit(image):
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
+def upright(image):
+    """``image`` turned by its EXIF orientation tag (PIL.ImageOps.exif_transpose), as a phone's photo viewer shows
+    it; the image itself when it has no such tag (or unreadable EXIF data, which says nothing about orientation)."""
+    from PIL import ImageOps
+
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):  # Pillow's ways of refusing a broken EXIF block
+        return image
+    return ImageOps.exif_transpose(image) if orientation in range(2, 9) else image
+
+
 def _open_image(path: Any):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image
+            return upright(image)
     except FileNotFoundError:
         raise DataError(f"image not found: {path}; check the path") from None
     except IsADirectoryError:
@@ -181,3 +232,79 @@ def _open_image(path: Any):
                         "limit: downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}; is it a valid PNG/JPEG file?") from None
+
+
+# -- resize policies: an RGB or L image of any shape -> the model's square ----------------------
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """One way to make an image square: ``fit(image, preprocess)`` and ``words(preprocess, times)`` for cards."""
+
+    fit: Callable[[Any, ImagePreprocess], Any]
+    words: Callable[[ImagePreprocess, str], str]
+
+
+RESIZE_POLICIES: Registry[ResizePolicy] = Registry("resize policy", key="resize")
+
+
+def shorter_side_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side at ``shorter``; torchvision's Resize(int) rule: the longer side is
+    int(shorter * long / short)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(shorter * long / short)
+    return (shorter, new_long) if width <= height else (new_long, shorter)
+
+
+def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centered ``size`` square; torchvision's CenterCrop offsets,
+    int(round((side - size) / 2.0)) (Python's round: 80.5 -> 80)."""
+    left, top = round((width - size) / 2.0), round((height - size) / 2.0)
+    return left, top, left + size, top + size
+
+
+def _shorter_side_center_crop(image, pre: ImagePreprocess):
+    size = (pre.image_size, pre.image_size)
+    scaled = shorter_side_size(*image.size, pre.scaled_size)
+    if image.size != scaled:
+        image = image.resize(scaled, _RESAMPLE[pre.resample])
+    return image if image.size == size else image.crop(center_crop_box(*image.size, pre.image_size))
+
+
+def _squash(image, pre: ImagePreprocess):
+    size = (pre.image_size, pre.image_size)
+    return image if image.size == size else image.resize(size, _RESAMPLE[pre.resample])
+
+
+def letterbox_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) scaled to fit inside the ``size`` square, aspect ratio kept (the longer side becomes size)."""
+    longer = max(width, height)
+    return max(1, round(width * size / longer)), max(1, round(height * size / longer))
+
+
+def _letterbox(image, pre: ImagePreprocess):
+    from PIL import Image
+
+    size = pre.image_size
+    fitted = letterbox_size(*image.size, size)
+    if image.size != fitted:
+        image = image.resize(fitted, _RESAMPLE[pre.resample])
+    if fitted == (size, size):
+        return image
+    fill = pre.fill_pixel
+    canvas = Image.new(image.mode, (size, size), fill if image.mode == "RGB" else fill[0])
+    canvas.paste(image, ((size - fitted[0]) // 2, (size - fitted[1]) // 2))
+    return canvas
+
+
+RESIZE_POLICIES.register("shorter-side+center-crop", ResizePolicy(
+    _shorter_side_center_crop,
+    lambda pre, x: (f"resize the shorter side to {pre.scaled_size} ({pre.resample}), "
+                    f"center-crop {pre.image_size}{x}{pre.image_size}")))
+RESIZE_POLICIES.register("squash", ResizePolicy(
+    _squash,
+    lambda pre, x: f"resize to {pre.image_size}{x}{pre.image_size} ({pre.resample}), squashed: aspect ratio not kept"))
+RESIZE_POLICIES.register("letterbox", ResizePolicy(
+    _letterbox,
+    lambda pre, x: (f"resize to fit inside {pre.image_size}{x}{pre.image_size} ({pre.resample}), aspect ratio kept, "
+                    f"centered and padded with the mean pixel {list(pre.fill_pixel)}")))

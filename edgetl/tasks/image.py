@@ -5,6 +5,7 @@ shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any, Callable
@@ -31,9 +32,7 @@ class ImageClassification(Task):
             get_spec(recipe.distill.student, kind="image", key="distill.student")
 
     def teacher_preprocess(self, recipe):
-        from ..backbones import get_spec
-
-        return get_spec(recipe.model.backbone, kind="image").preprocess(recipe.model.image_size)
+        return recipe_preprocess(recipe, recipe.model.backbone)
 
     def load_splits(self, recipe, preprocess=None):
         from ..data import load_splits
@@ -66,7 +65,7 @@ class ImageClassification(Task):
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise RecipeError(f"model.mean and model.std need {channels} value(s) each (std > 0), got {mean} and {std}")
         return ImagePreprocess(image_size=height or recipe.model.image_size, channels=channels, mean=tuple(mean),
-                               std=tuple(std))
+                               std=tuple(std), resize=recipe.model.resize, crop_fraction=recipe.model.crop_fraction)
 
     def check_splits(self, splits, image_size: int | None = None) -> None:
         super().check_splits(splits)
@@ -117,9 +116,15 @@ class ImageClassification(Task):
         return load_checkpoint(folder)
 
     def preprocess_of(self, meta: dict[str, Any], folder: Path):
+        """The backbone's normalisation at the checkpoint's size, with the resize policy the checkpoint recorded
+        (``LEGACY_RESIZE``, squash, for checkpoints from before it was recorded)."""
         from ..backbones import get_spec
+        from ..preprocess.image import LEGACY_RESIZE
 
-        return get_spec(meta["backbone"], kind="image").preprocess(meta["image_size"])
+        saved = meta.get("preprocess") or {}
+        return dataclasses.replace(get_spec(meta["backbone"], kind="image").preprocess(meta["image_size"]),
+                                   resize=saved.get("resize", LEGACY_RESIZE),
+                                   crop_fraction=saved.get("crop_fraction", 1.0))
 
     # -- artifacts -----------------------------------------------------------------------------
     def export(self, ctx: RunContext, model_key: str, fmt: str, folder: Path, source: Callable[[str], Path]
@@ -153,6 +158,15 @@ class ImageClassification(Task):
         return {"weights_license": get_spec(ctx.recipe.model.backbone).license,
                 "dataset": source if source != "folder" else ctx.recipe.data.path,
                 "dataset_license": DATASET_LICENSES.get(source, "")}
+
+
+def recipe_preprocess(recipe, backbone: str):
+    """``backbone``'s normalisation at ``model.image_size``, resized by the recipe's ``model.resize`` policy and
+    ``model.crop_fraction`` (the teacher's and the distillation student's preprocessing)."""
+    from ..backbones import get_spec
+
+    return dataclasses.replace(get_spec(backbone, kind="image").preprocess(recipe.model.image_size),
+                               resize=recipe.model.resize, crop_fraction=recipe.model.crop_fraction)
 
 
 def load_checkpoint(path: str | Path):
