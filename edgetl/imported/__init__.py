@@ -6,7 +6,7 @@
 torch-free and imports its runtime lazily.
 """
 
-from . import hf  # noqa: F401  (registers the Hugging Face folder format)
+from . import factory, hf  # noqa: F401  (register the torch-factory and Hugging Face folder formats)
 from .labels import match_labels, read_labels
 from .model import SOURCE_FORMATS, SourceModel, read_source
 

@@ -51,6 +51,9 @@ def optimize_overrides(
         spec, located = str(local.resolve()), local
     else:  # a hub id or a factory: its format finds it (or says what is wrong in one line)
         spec = str(model)
+        if weights and not size:
+            raise RecipeError(f"{spec}: a model built by a factory has no input size of its own; give --size (the "
+                              "side of the square images it takes, e.g. 224)")
         located = locate_source(spec, ModelConfig(source=spec, weights=str(weights or "package"),
                                                   image_size=size or ModelConfig.image_size))
     if not data.exists():
