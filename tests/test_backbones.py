@@ -28,7 +28,11 @@ def test_lite0_package_weights_are_genuine_imagenet(lite0_imagenet, photo, image
     with torch.no_grad():
         probs = lite0_imagenet(batch).softmax(-1)[0]
     assert int(probs.argmax()) == imagenet_class  # 285 "Egyptian cat", 967 "espresso"
-    assert float(probs[imagenet_class]) > 0.5
+    # chelsea is a tabby: the centre crop (the default resize) leaves 285 on top at p 0.39 with 282 "tiger cat" at
+    # 0.33 and 281 "tabby" next (squashed, p 0.79); every cat class in the top-5 is the sharper check here
+    assert float(probs[imagenet_class]) > (0.3 if photo == "chelsea" else 0.5)
+    if photo == "chelsea":
+        assert {281, 282, 285} <= set(probs.topk(5).indices.tolist())
 
 
 def test_lite0_has_the_published_size(lite0_imagenet):
@@ -107,7 +111,8 @@ def test_one_registry_holds_both_kinds():
 
 def test_get_spec_of_the_wrong_kind_is_a_one_line_recipe_error():
     with pytest.raises(RecipeError, match=r"^model\.backbone: 'all-minilm-l6-v2' is a text backbone; choose an image "
-                                          r"backbone: efficientnet_lite0, efficientnet_lite0_slim, mobilenet_v2, tiny_convnet"):
+                                          r"backbone: efficientnet_lite0, efficientnet_lite0_slim, efficientnet_lite1, "
+                                          r"efficientnet_lite2, mobilenet_v2, tiny_convnet"):
         get_spec("all-minilm-l6-v2", kind="image")
     with pytest.raises(RecipeError, match="'efficientnet_lite0' is an image backbone; choose a text backbone: "
                                           "all-minilm-l6-v2") as info:
@@ -202,7 +207,7 @@ def test_tensorflow_same_padding(size, kernel, stride, pad, out):
     assert _same_pad(size, kernel, stride) == (pad, out)
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"])
 def test_unfreeze_groups_cover_every_parameter_once(backbone):
     model = create_model(backbone, num_classes=10, image_size=64, weights=None)
     grouped = [p for group in model.unfreeze_groups() for m in group for p in m.parameters()]

@@ -1,8 +1,8 @@
 """Backbones: one registry (``BACKBONES``) of image and text backbones, each a ``BackboneSpec`` with a ``kind``.
 
-Image architectures are defined here (torchvision and timm are not dependencies): EfficientNet-Lite0 and its
-depth-reduced student (``efficientnet``), MobileNetV2 with torchvision's module names (``mobilenet``), a tiny
-test network (``tiny``). Text backbones are Hugging Face BERT folders (``bert``: weight sources, the mean-pooling
+Image architectures are defined here (torchvision and timm are not dependencies): EfficientNet-Lite0, Lite1 and
+Lite2 (one network scaled by width and depth) and the depth-reduced Lite0 student (``efficientnet``), MobileNetV2
+with torchvision's module names (``mobilenet``), a tiny test network (``tiny``). Text backbones are Hugging Face BERT folders (``bert``: weight sources, the mean-pooling
 classifier, students; ``bert_model``: the torch module).
 Every built-in spec is declared in ``catalog`` with its builder named lazily, so importing this package imports
 neither torch nor transformers: a recipe's backbone name is checked in milliseconds, and torch loads when a

