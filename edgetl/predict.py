@@ -1,4 +1,5 @@
-"""Run a shipped bundle: raw samples (images, texts) in, labels (or embeddings) out, with onnxruntime or OpenVINO alone.
+"""Run a shipped bundle: raw samples (images, texts) in, labels (or embeddings, or values) out, with onnxruntime or
+OpenVINO alone.
 
 The bundle's preprocessing (``preprocess.json``, loaded by ``edgetl.preprocess.load_preprocess``) turns raw samples
 into model inputs; this module never asks which modality it holds. Needs only numpy, what that preprocessing needs
@@ -11,10 +12,14 @@ runs on devices that cannot install them.
 >>> load_bundle("models/banking77").predict(["I still have not received my new card"])[0].label
 'card_arrival'
 
-An embedding bundle (manifest ``"output": "embedding"``, no labels) returns vectors instead: ``embed``.
+An embedding bundle (manifest ``"output": "embedding"``, no labels) returns vectors instead: ``embed``. A
+regression bundle (``"output": "regression"``, no labels) returns its real values from ``predict``, as a float32
+(N, K) array.
 
 >>> load_bundle("models/minilm").embed(["where is my card?", "my card has not arrived"]).shape
 (2, 384)
+>>> load_bundle("models/age").predict(["face.png"])
+array([[34.2]], dtype=float32)
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .bundle import (BundleOutput, BundlePreprocess, ModelInputs, bundle_output,
 from .errors import BackendUnavailable, BundleError, DataError, EdgetlError
 from .preprocess import load_preprocess
 from .runners import Runner, backend_for_file, open_runner, parse_runtime
+from .validate import OUTPUT_KINDS
 
 # Which artifact formats each backend can open, best first (OpenVINO also reads ONNX directly).
 _FORMATS_FOR_BACKEND = {"onnxruntime": ("onnx",), "openvino": ("openvino", "onnx")}
@@ -60,8 +66,9 @@ class Prediction:
 
 
 class BundleModel:
-    """A bundle opened on one runtime. Use ``predict`` (a classifier) or ``embed`` (an embedding model, whose
-    ``output`` is "embedding"); ``close`` (or a ``with`` block) frees the runtime."""
+    """A bundle opened on one runtime. Use ``predict`` (a classifier: labels; a regression model, whose ``output``
+    is "regression": its values) or ``embed`` (an embedding model, whose ``output`` is "embedding"); ``close`` (or
+    a ``with`` block) frees the runtime."""
 
     def __init__(
         self,
@@ -91,7 +98,8 @@ class BundleModel:
 
     @property
     def output(self) -> str:
-        """What the model returns per sample: "logits" (a classifier; use ``predict``) or "embedding" (``embed``)."""
+        """What the model returns per sample: "logits" (a classifier; use ``predict``), "embedding" (``embed``) or
+        "regression" (real values; ``predict``)."""
         return self._output.kind
 
     @property
@@ -99,13 +107,25 @@ class BundleModel:
         """The length of each embedding, for an embedding bundle; None for a classifier."""
         return self._output.width if self._output.is_embedding else None
 
-    def predict(self, samples: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+    @property
+    def output_dim(self) -> int | None:
+        """The width of each output row of a bundle without labels (the embedding dimension, the number of
+        regression values); None for a classifier, whose width is its labels."""
+        return None if self._output.labelled else self._output.width
+
+    def predict(self, samples: Sequence[Any], top_k: int = 3, batch_size: int = 32) -> list[Prediction] | np.ndarray:
         """Classify raw samples, whatever the bundle's preprocessing takes (image paths, PIL images or uint8 HWC
-        arrays; texts); one Prediction per sample, in order.
+        arrays; texts); one Prediction per sample, in order. On a regression bundle: the model's values instead,
+        float32 (len(samples), output_dim), one row per sample in order (``top_k`` does not apply).
 
         Raises DataError naming the sample when one is missing or cannot be read, and BundleError on an
         embedding bundle (it has no labels: use ``embed``).
+
+        >>> load_bundle("models/age").predict(["face.png", "other.png"]).shape
+        (2, 1)
         """
+        if self._output.kind == "regression":  # no labels to rank: the values are the prediction
+            return self._outputs(samples, batch_size)
         self._require("logits", "predict")
         if top_k < 1:
             raise EdgetlError(f"top_k must be at least 1, got {top_k}")
@@ -137,16 +157,31 @@ class BundleModel:
         self._require("embedding", "embed")
         return self._outputs(samples, batch_size)
 
+    def describe_outputs(self, samples: Sequence[Any], batch_size: int = 32) -> list[str]:
+        """One line per sample of a bundle without labels, "<sample>: <its output>", worded by the output kind
+        (an embedding's dimension, L2 norm and first values; a regression model's values): what ``edgetl predict``
+        prints. BundleError on a classifier (``predict`` gives its labels)."""
+        spec = self._output.spec
+        if spec.row_text is None:
+            raise BundleError(f"{self.path} is a classifier over {self._output.describe()}; call predict(samples) "
+                              "for its labels")
+        samples = _as_list(samples)
+        return [f"{self._describe(sample, i)}: {spec.row_text(row)}"
+                for i, (sample, row) in enumerate(zip(samples, self._outputs(samples, batch_size)))]
+
     def _require(self, output: str, method: str) -> None:
         """BundleError, pointing to the right method, when the bundle's output is not ``output``."""
         if self._output.kind == output:
             return
-        if self._output.is_embedding:
-            raise BundleError(f"{self.path} is an embedding model ({self._output.describe()} per sample, no labels), "
-                              f"so it has no labels for {method}; call embed(samples) for its float32 "
-                              f"(N, {self._output.width}) embeddings")
-        raise BundleError(f"{self.path} is a classifier over {self._output.describe()}, not an embedding model, so "
-                          f"it has no {method}; call predict(samples) for labels or predict_logits(samples) for scores")
+        spec, width = self._output.spec, self._output.width
+        if not spec.labelled:
+            raise BundleError(f"{self.path} is {spec.article} {spec.name} model ({self._output.describe()} per sample, "
+                              f"no labels), so it has no {method}; call {spec.method}(samples) for its float32 "
+                              f"(N, {width}) {spec.rows}")
+        wanted = OUTPUT_KINDS.get(output)
+        raise BundleError(f"{self.path} is a classifier over {self._output.describe()}, not {wanted.article} {output} "
+                          f"model, so it has no {method}; call predict(samples) for labels or predict_logits(samples) "
+                          "for scores")
 
     def _outputs(self, samples: Sequence[Any], batch_size: int) -> np.ndarray:
         """The model's outputs on raw samples, float32 (len(samples), its output width), checked against it."""
@@ -220,7 +255,8 @@ def load_bundle(
     artifact: str | None = None,
     check_files: bool = True,
 ) -> BundleModel:
-    """Open a bundle folder (or its .tar.gz) for prediction (``predict``) or, for an embedding bundle, ``embed``.
+    """Open a bundle folder (or its .tar.gz) for prediction (``predict``: labels, or a regression bundle's values)
+    or, for an embedding bundle, ``embed``.
 
     ``runtime`` ("onnxruntime:CPUExecutionProvider", "openvino:CPU", ...) picks an artifact that backend runs;
     ``artifact`` picks one by name; neither: the manifest's default. ``check_files`` compares the sha256 of the
@@ -242,7 +278,7 @@ def load_bundle(
         labels = json.loads((root / "labels.json").read_text())
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ValueError("labels.json is not a list of strings")
-        output = bundle_output(manifest, labels)  # labels.json [] only for an embedding bundle
+        output = bundle_output(manifest, labels)  # labels.json [] only for an embedding or regression bundle
         preprocess = load_preprocess(json.loads((root / "preprocess.json").read_text()), root=root)
         if check_files:  # e.g. a tokenizer
             _check_files(root, manifest, preprocess.required_files())

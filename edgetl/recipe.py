@@ -125,6 +125,7 @@ def check_names(recipe: Recipe) -> None:
 def check_source(recipe: Recipe) -> None:
     """A ``model.source`` is a model file edgetl reads, with what it needs; its settings are refused without one."""
     from .imported.model import locate_source, source_format
+    from .tasks import TASKS
 
     model = recipe.model
     if not model.source:
@@ -142,6 +143,9 @@ def check_source(recipe: Recipe) -> None:
             if needs not in fmt.formats:
                 raise RecipeError(f"{key}[{i}]: {name} needs an {needs} model, and a {fmt.name} model.source cannot "
                                   f"be turned into one; keep to {' and '.join(fmt.formats)} here")
+    if model.tokenizer and (TASKS.get(model.task).kind != "text" or fmt.name == "hf"):
+        raise RecipeError(f"model.tokenizer is for a text model given as a model file; a {model.task} "
+                          f"{fmt.name} source {'has its own' if fmt.name == 'hf' else 'takes none'}: remove it")
     if model.labels and not Path(model.labels).expanduser().is_file():
         raise RecipeError(f"model.labels {model.labels!r} is not a file; give a file with one class name per line")
     if recipe.quantize.qat:

@@ -54,8 +54,8 @@ class ModelConfig:
     crop_fraction: float = ranged(1.0, gt=0, le=1)
     # A text model given as an ONNX file: the folder (or tokenizer.json / vocab.txt file) with its tokenizer
     tokenizer: str = ""
-    # The source model's output to use when it has several (by name); "": the first, or for an embedding model the
-    # first (N, D) float output. The others are cut from the graph when it is brought into the run.
+    # The source model's output to use when it has several (by name); "": the first float (N, D) output (class
+    # logits or an embedding), else the first. The others are cut from the graph when it is brought into the run.
     output: str = ""
 
 
@@ -160,6 +160,9 @@ class GateConfig:
     # Embedding models (model.task = "text-embedding"): every sample's cosine similarity with the reference's
     # embedding at least this; their "agreement" is nearest-neighbour agreement (min_agreement above)
     min_cosine: float = ranged(0.99, ge=0, le=1)
+    # Regression models (model.task = "image-regression"): the mean over samples of ||y - y_ref|| / ||y_ref|| at most
+    # this; it is also each sample's tolerance, and their "agreement" is the share of samples within it
+    max_relative_error: float = ranged(0.02, gt=0)
 
 
 @dataclass

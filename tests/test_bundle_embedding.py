@@ -171,7 +171,7 @@ def test_embedding_dim_can_be_given_and_every_inconsistency_is_refused(embedder,
         r"reference embeddings \(8, 4\) must agree \(N, a 5-dim embedding\)": dict(embedding_dim=5),
         r"an embedding model has no labels, got 2; pass labels=\[\]": dict(labels=["a", "b"]),
         r"embedding_dim must be a positive integer": dict(validation_slice=None, embedding_dim=0),
-        r"output must be one of logits, embedding, got 'regression'": dict(output="regression"),
+        r"output must be one of embedding, logits, regression, got 'segmentation'": dict(output="segmentation"),
         r"labels must be a non-empty list": dict(output="logits", validation_slice=None),
         r"embedding_dim is for output='embedding' bundles": dict(output="logits", labels=["a"], embedding_dim=4),
     }

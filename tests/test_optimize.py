@@ -378,10 +378,15 @@ def test_optimize_flags_become_recipe_fields_and_names_come_from_the_model(user_
     from edgetl.recipe import load_recipe
 
     monkeypatch.chdir(user_files)
-    overrides = optimize_overrides("model.onnx", "photos", mean=[0.5] * 3, std=[0.5] * 3, resize="letterbox",
-                                   crop_fraction=0.875, output="logits")
+    overrides = optimize_overrides("model.onnx", "photos", mean=[0.5] * 3, std=[0.5] * 3, crop_fraction=0.875,
+                                   output="logits")
     recipe = load_recipe(None, overrides)
-    assert (recipe.model.resize, recipe.model.crop_fraction, recipe.model.output) == ("letterbox", 0.875, "logits")
+    assert (recipe.model.resize, recipe.model.crop_fraction, recipe.model.output) == \
+        ("shorter-side+center-crop", 0.875, "logits")
+    assert load_recipe(None, [*overrides, 'model.crop_fraction=1', 'model.resize="letterbox"']).model.resize == \
+        "letterbox"
+    with pytest.raises(RecipeError, match="model.tokenizer is for a text model"):
+        load_recipe(None, [*overrides, f'model.tokenizer="{user_files}"'])
     assert recipe.ship.name == "model" and recipe.model.source == str((user_files / "model.onnx").resolve())
     assert _spec_stem("owner/tiny-vit@0123abc") == "tiny-vit"
     assert _spec_stem("mypkg.nets:make_net") == "make_net"

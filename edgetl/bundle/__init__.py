@@ -11,7 +11,9 @@ A bundle is a folder (and a ``.tar.gz`` of it) that runs with onnxruntime or Ope
       manifest.json          sha256 + size of every other file, versions, validation reports, benchmarks
 
 A bundle's models return class logits (one column per label of labels.json) or, shipped with
-``output="embedding"``, an embedding of the manifest's ``embedding_dim`` columns and no labels (labels.json ``[]``).
+``output="embedding"``, an embedding of the manifest's ``embedding_dim`` columns, or with ``output="regression"``
+real values in the manifest's ``output_dim`` columns; those two have no labels (labels.json ``[]``). What each kind
+is held to and how it is worded is ``edgetl.validate.OUTPUT_KINDS``.
 
 Modules: ``manifest`` (constants, reading, checksums, versions), ``slice`` (the .npz input files),
 ``ship`` (assembling), ``verify`` (checking, safe extraction), ``card`` (the README.md model card). None

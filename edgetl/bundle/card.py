@@ -4,8 +4,8 @@ Wording about the model's input comes from the preprocessing's ``card_fields()``
 ``samples`` (plural noun: "images"), ``input`` (the input line), ``steps`` (the preprocessing), ``example`` (a sample
 for the command line), ``example_code`` (the same in Python), ``needs`` (the packages to install), ``not_needed``
 ("no torch") and ``unlike`` (what accuracy is not promised on). The caller's ``card`` dict can override the task,
-description, intended use and limitations. What differs between a classifier and an embedding model (manifest
-``output``) is data: ``_WORDING``.
+description, intended use and limitations. What differs between a classifier, an embedding model and a regression
+model (manifest ``output``) is data: ``_WORDING``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..validate import OUTPUT_KINDS
 from .manifest import BundlePreprocess
 
 # Card keys with their own place in the README; other keys go under "Other results" or "Other details".
@@ -25,8 +26,9 @@ _LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median
 
 @dataclass(frozen=True)
 class _Wording:
-    """What the card says for one kind of model output (manifest ``output``). Texts take ``{samples}``, ``{count}``
-    (labels, or the embedding dimension), ``{unlike}``, ``{name}`` and ``{example}``."""
+    """What the card says for one kind of model output (manifest ``output``). Texts take ``{samples}``, ``{sample}``,
+    ``{count}`` (labels, the embedding dimension or the number of values), ``{unlike}``, ``{name}`` and
+    ``{example}``."""
 
     heading: str  # the title of the section on each artifact's validation
     intro: str
@@ -36,6 +38,9 @@ class _Wording:
     python: str
     intended_use: str
     limitations: str
+    output_row: str = ""  # the overview's "Output" row; "": a "Classes" row listing the labels
+    task: str = ""  # the task and description lines, when the preprocessing's (a classifier's) do not fit
+    description: str = ""
 
 
 _WORDING = {
@@ -58,7 +63,22 @@ _WORDING = {
         'print(load_bundle("{name}").embed([{example}]).shape)  # (1, {count})',
         "Turning {samples} into {count}-dim vectors for similarity search, clustering or as features.",
         "The embeddings were compared with the reference model's on held-out data only; expect other behaviour on "
-        "{unlike}. Check on your own data first."),
+        "{unlike}. Check on your own data first.",
+        "{count}-dim embedding", "{sample} embedding", "{Sample} embedding model shipped by edgetl."),
+    "regression": _Wording(
+        "Agreement with the reference",
+        "Each artifact's values on held-out data against the reference model's: each sample's relative error "
+        "‖y − y_ref‖ / ‖y_ref‖ (the denominator at least 1e-3 of the references' RMS; mean, 99th percentile and "
+        "worst sample) and the share of samples within the gate's tolerance.",
+        (("Within tolerance", "agreement"), ("Mean rel. error", "mean_relative_error"),
+         ("p99 rel. error", "p99_relative_error"), ("Max rel. error", "max_relative_error")),
+        ("mean_relative_error", "p99_relative_error", "max_relative_error"),
+        "the values, default artifact",
+        'print(load_bundle("{name}").predict([{example}]))  # float32 (1, {count})',
+        "Estimating {count} real value(s) per {sample} (a score, an age, a measurement).",
+        "The values were compared with the reference model's on held-out data only: how close the reference itself "
+        "is to the truth was not measured here. Expect other behaviour on {unlike}. Check on your own data first.",
+        "{count} real value(s)", "{sample} regression", "{Sample} regression model shipped by edgetl."),
 }
 
 
@@ -66,16 +86,16 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
     """The bundle's README.md from its manifest, labels, preprocessing and the caller's ``card`` details."""
     name, artifacts, default = manifest["name"], manifest["artifacts"], manifest["default_artifact"]
     fields = preprocess.card_fields()
-    embedding = manifest.get("output") == "embedding"
-    wording = _WORDING["embedding" if embedding else "logits"]
+    kind = manifest.get("output", "logits")
+    wording = _WORDING[kind]
     samples = fields["samples"]
-    count = manifest.get("embedding_dim") if embedding else len(labels)
-    words = {"samples": samples, "count": count, "unlike": fields["unlike"], "name": name,
-             "example": fields["example_code"]}
-    if embedding:  # the preprocessing's wording is a classifier's
-        fields = {**fields, "task": f"{samples.removesuffix('s')} embedding",
-                  "description": f"{samples.removesuffix('s').capitalize()} embedding model shipped by edgetl."}
-        what = ["Output", f"{count}-dim embedding"]
+    count = manifest.get(OUTPUT_KINDS.get(kind).width_key) if wording.output_row else len(labels)
+    sample = samples.removesuffix("s")
+    words = {"samples": samples, "sample": sample, "Sample": sample.capitalize(), "count": count,
+             "unlike": fields["unlike"], "name": name, "example": fields["example_code"]}
+    if wording.output_row:  # the preprocessing's wording is a classifier's
+        fields = {**fields, "task": wording.task.format(**words), "description": wording.description.format(**words)}
+        what = ["Output", wording.output_row.format(**words)]
     else:
         classes = ", ".join(labels[:40]) + (f", … ({len(labels) - 40} more)" if len(labels) > 40 else "")
         what = ["Classes", f"{len(labels)}: {classes}"]

@@ -2,8 +2,9 @@
 
 The manifest lists the sha256 and size of every other file, the runtime versions it was built with, the
 artifacts with their validation reports and benchmarks, what the model takes as input (from the preprocessing),
-what it returns (``output``: class logits, one column per label of labels.json, or an ``embedding`` of
-``embedding_dim`` columns with no labels) and where the validation slice and benchmark inputs are.
+what it returns (``output``: class logits, one column per label of labels.json; an ``embedding`` of
+``embedding_dim`` columns; or ``regression`` values in ``output_dim`` columns; the last two with no labels) and where
+the validation slice and benchmark inputs are.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from .._io import sha256_file
 from ..errors import BundleError
 from ..preprocess import load_preprocess
+from ..validate import OUTPUT_KINDS, OutputKind
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -35,10 +37,11 @@ REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
 SLICE_FILE = "validation/slice.npz"
 # Preprocessed inputs a device times the models on (it may have no tokenizer or image decoder).
 BENCH_FILE = "validation/bench.npz"
-# What a bundle's models return per sample (manifest "output"): class logits, one column per label, or an
-# embedding of manifest "embedding_dim" columns (labels.json is []). A manifest without "output" predates
+# What a bundle's models return per sample (manifest "output"): class logits, one column per label; an embedding of
+# manifest "embedding_dim" columns; regression values in manifest "output_dim" columns (labels.json is [] for both).
+# Each kind's width key and wording are edgetl.validate.OUTPUT_KINDS' data. A manifest without "output" predates
 # embeddings: logits.
-OUTPUTS = ("logits", "embedding")
+OUTPUTS = tuple(OUTPUT_KINDS.names())
 
 
 class BundlePreprocess(Protocol):
@@ -59,43 +62,58 @@ class BundlePreprocess(Protocol):
 
 @dataclass(frozen=True)
 class BundleOutput:
-    """What a bundle's models return for each sample: ``kind`` ("logits" or "embedding") in ``width`` columns
-    (the number of labels, or the embedding dimension)."""
+    """What a bundle's models return for each sample: ``kind`` (an ``OUTPUTS`` name: "logits", "embedding",
+    "regression") in ``width`` columns (the number of labels, the embedding dimension, the number of values)."""
 
     kind: str
     width: int
 
     @property
+    def spec(self) -> OutputKind:
+        """The kind's registered description (``edgetl.validate.OUTPUT_KINDS``)."""
+        return OUTPUT_KINDS.get(self.kind)
+
+    @property
     def is_embedding(self) -> bool:
         return self.kind == "embedding"
 
+    @property
+    def labelled(self) -> bool:
+        """Whether each output column is a class with a label in labels.json."""
+        return self.spec.labelled
+
     def describe(self) -> str:
-        """"4 labels" or "a 384-dim embedding": what one row of output stands for, for messages."""
-        return f"a {self.width}-dim embedding" if self.is_embedding else f"{self.width} labels"
+        """"4 labels", "a 384-dim embedding" or "2 values": what one row of output stands for, for messages."""
+        return self.spec.describe(self.width)
 
     def manifest_fields(self) -> dict[str, Any]:
-        return {"output": self.kind, **({"embedding_dim": self.width} if self.is_embedding else {})}
+        key = self.spec.width_key
+        return {"output": self.kind, **({key: self.width} if key else {})}
 
 
 def bundle_output(manifest: dict[str, Any], labels: list[str]) -> BundleOutput:
-    """What a shipped bundle's models return, from its manifest ("output", "embedding_dim") and labels.json;
-    BundleError when they disagree (labels for an embedding, none for logits, no usable dimension)."""
+    """What a shipped bundle's models return, from its manifest ("output", and "embedding_dim" or "output_dim") and
+    labels.json; BundleError when they disagree (labels for an embedding or values, none for logits, no usable
+    width)."""
     kind = manifest.get("output", "logits")
-    if kind not in OUTPUTS:
+    if kind not in OUTPUT_KINDS:
         raise BundleError(f"manifest's output {kind!r} is not one of {', '.join(OUTPUTS)}; upgrade edgetl or "
                           "re-ship the bundle")
-    if kind == "logits":
+    spec = OUTPUT_KINDS.get(kind)
+    if spec.labelled:
         if not labels:
-            raise BundleError('labels.json is empty, but only an embedding bundle (manifest output "embedding") has '
-                              "no labels; re-ship the bundle with its labels")
+            unlabelled = " or ".join(f'{k.article} {k.name} bundle (manifest output "{k.name}")'
+                                     for k in OUTPUT_KINDS.values() if not k.labelled)
+            raise BundleError(f"labels.json is empty, but only {unlabelled} has no labels; re-ship the bundle with "
+                              "its labels")
         return BundleOutput(kind, len(labels))
-    dim = manifest.get("embedding_dim")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise BundleError(f"manifest's embedding_dim {dim!r} is not a positive integer; re-ship the bundle")
+    width = manifest.get(spec.width_key)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise BundleError(f"manifest's {spec.width_key} {width!r} is not a positive integer; re-ship the bundle")
     if labels:
-        raise BundleError(f"labels.json lists {len(labels)} labels, but an embedding bundle has none "
+        raise BundleError(f"labels.json lists {len(labels)} labels, but {spec.article} {kind} bundle has none "
                           "(labels.json is []); re-ship the bundle")
-    return BundleOutput(kind, dim)
+    return BundleOutput(kind, width)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_path, write_json, write_text
 from ..errors import BundleError
+from ..validate import OUTPUT_KINDS
 from .card import render_card
 from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, OUTPUTS, REQUIRED_FILES, SLICE_FILE,
                        BundleOutput, BundlePreprocess, file_table, model_file, runtime_versions)
@@ -71,6 +72,7 @@ def ship(
     bench_inputs: ModelInputs | None = None,
     bench_description: str | None = None,
     output: str = "logits",
+    output_dim: int | None = None,
     embedding_dim: int | None = None,
 ) -> ShippedBundle:
     """Write ``output_dir/<name>/`` and ``output_dir/<name>.tar.gz`` from artifacts that passed validation.
@@ -89,18 +91,19 @@ def ship(
     ONNX one). ``extra_files`` ({name in the bundle: source file}) go to the bundle's root; every file the
     preprocessing needs (``preprocess.required_files()``, e.g. a tokenizer) must be among them.
 
-    ``output`` says what the models return per sample: "logits" (one column per label) or "embedding" (a vector
-    of ``embedding_dim`` columns; ``labels`` must then be empty, and labels.json is ``[]``). The dimension is
-    ``embedding_dim`` when given, else the width of the validation slice's reference outputs (N, D); one of the
-    two is needed, and when both are given they must agree. The manifest records ``"output"`` and, for an
-    embedding, ``"embedding_dim"``.
+    ``output`` says what the models return per sample: "logits" (one column per label), "embedding" (a vector of
+    ``output_dim`` columns) or "regression" (``output_dim`` real values); for the last two ``labels`` must be empty,
+    and labels.json is ``[]``. The width is ``output_dim`` (for an embedding also accepted as ``embedding_dim``, its
+    older name) when given, else the width of the validation slice's reference outputs (N, D); one of the two is
+    needed, and when both are given they must agree. The manifest records ``"output"`` and the width under the
+    kind's key: ``"embedding_dim"`` for an embedding (as bundles always had), ``"output_dim"`` for regression.
 
     >>> shipped = ship([onnx_fp32], name="fmnist", output_dir=Path("models"), labels=classes, preprocess=pre,
     ...                recipe_toml=text, recipe_hash=digest, card={"backbone": "mobilenet_v2"})
     """
     _check_name(name, "bundle name")
     _check_artifacts(artifacts)
-    shape = _output_shape(output, labels, embedding_dim, validation_slice)
+    shape = _output_shape(output, labels, output_dim, embedding_dim, validation_slice)
     if validation_slice is not None:
         validation_slice.check(preprocess, shape)
     bench_rows = check_inputs(bench_inputs, preprocess, "benchmark inputs") if bench_inputs is not None else 0
@@ -167,28 +170,38 @@ def _check_name(name: str, what: str) -> None:
         raise BundleError(f"{what} {name!r} must be a plain folder name (no slashes, not starting with '.')")
 
 
-def _output_shape(output: str, labels: list[str], embedding_dim: int | None,
+def _output_shape(output: str, labels: list[str], output_dim: int | None, embedding_dim: int | None,
                   validation_slice: ValidationSlice | None) -> BundleOutput:
     """What the shipped models return per sample, from ``ship``'s arguments; BundleError when they disagree."""
-    if output not in OUTPUTS:
+    if output not in OUTPUT_KINDS:
         raise BundleError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    if output == "logits":
-        if embedding_dim is not None:
-            raise BundleError("embedding_dim is for output='embedding' bundles; drop it, or ship with "
-                              "output='embedding'")
+    kind = OUTPUT_KINDS.get(output)
+    if embedding_dim is not None and output != "embedding":
+        raise BundleError("embedding_dim is for output='embedding' bundles; " + (
+            "drop it, or ship with output='embedding'" if kind.labelled else f"pass output_dim for a {output} bundle"))
+    if kind.labelled:
+        if output_dim is not None:
+            unlabelled = " or ".join(repr(k.name) for k in OUTPUT_KINDS.values() if not k.labelled)
+            raise BundleError(f"output_dim is for bundles without labels (output={unlabelled}); a {output} bundle "
+                              "has one column per label: drop it")
         if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
             raise BundleError("labels must be a non-empty list of distinct strings, one per model output")
         return BundleOutput(output, len(labels))
     if labels:
-        raise BundleError(f"an embedding model has no labels, got {len(labels)}; pass labels=[]")
-    if embedding_dim is None and validation_slice is not None and np.ndim(validation_slice.reference_logits) == 2:
-        embedding_dim = int(np.shape(validation_slice.reference_logits)[1])  # checked against the slice after
-    if embedding_dim is None:
-        raise BundleError("an embedding bundle needs its dimension: pass embedding_dim=D, or a validation_slice whose "
-                          "reference outputs are the (N, D) embeddings")
-    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, (int, np.integer)) or embedding_dim < 1:
-        raise BundleError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
-    return BundleOutput(output, int(embedding_dim))
+        raise BundleError(f"{kind.article} {output} model has no labels, got {len(labels)}; pass labels=[]")
+    given = {name: value for name, value in (("output_dim", output_dim), ("embedding_dim", embedding_dim))
+             if value is not None}
+    if len(given) == 2 and output_dim != embedding_dim:
+        raise BundleError(f"output_dim {output_dim!r} and embedding_dim {embedding_dim!r} disagree; give one")
+    name, width = next(iter(given.items()), (kind.width_key, None))
+    if width is None and validation_slice is not None and np.ndim(validation_slice.reference_logits) == 2:
+        width = int(np.shape(validation_slice.reference_logits)[1])  # checked against the slice after
+    if width is None:
+        raise BundleError(f"{kind.article} {output} bundle needs its dimension: pass {kind.width_key}=D, or a "
+                          f"validation_slice whose reference outputs are the (N, D) {kind.rows}")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise BundleError(f"{name} must be a positive integer, got {width!r}")
+    return BundleOutput(output, int(width))
 
 
 def _check_artifacts(artifacts: list[Artifact]) -> None:

@@ -69,20 +69,21 @@ class ValidationSlice:
     """A few preprocessed held-out samples with their labels and the reference model's outputs on them.
 
     Shipped in the bundle as ``validation/slice.npz``; ``edgetl bench --target`` runs it on each device
-    and holds the device's outputs to the reference with the shared validation check. For an embedding bundle
-    the reference outputs are embeddings (N, D) and the labels are unused (``UNLABELLED``, -1, for data without
-    them); the .npz keeps the key ``reference_logits`` either way, which devices and older bundles read."""
+    and holds the device's outputs to the reference with the shared validation check. For an embedding or
+    regression bundle the reference outputs are embeddings (N, D) or values (N, K) and the labels are unused
+    (``UNLABELLED``, -1, for data without them); the .npz keeps the key ``reference_logits`` either way, which
+    devices and older bundles read."""
 
     inputs: ModelInputs  # float32 (N, C, H, W), or {input name: int64 (N, L)}
     labels: np.ndarray  # int64 (N,)
-    reference_logits: np.ndarray  # float32 (N, classes), or (N, D) embeddings
+    reference_logits: np.ndarray  # float32 (N, classes), (N, D) embeddings or (N, K) regression values
     reference: str = "torch-fp32"  # which model produced reference_logits
 
     @classmethod
     def from_split(cls, data: Any, preprocess: BundlePreprocess, reference_logits: np.ndarray, *, size: int = 128,
                    seed: int = 0, reference: str = "torch-fp32") -> "ValidationSlice":
         """``size`` samples of a split, taken at random with ``seed``, preprocessed by ``preprocess.inputs``, with the
-        matching rows of ``reference_logits`` (the reference model's logits, or embeddings, on the split)."""
+        matching rows of ``reference_logits`` (the reference model's logits, embeddings or values on the split)."""
         if len(reference_logits) != len(data):
             raise BundleError(f"{len(reference_logits)} reference outputs for {len(data)} samples; they must match")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[: max(1, size)])
@@ -99,7 +100,7 @@ class ValidationSlice:
         n = len(self.labels)
         rows = input_rows(self.inputs)
         if not (n and rows == n and np.shape(self.reference_logits) == (n, output.width)):
-            what = "embeddings" if output.is_embedding else "logits"
+            what = output.spec.rows
             raise BundleError(f"validation slice: {rows} inputs, {n} labels and reference {what} "
                               f"{np.shape(self.reference_logits)} must agree (N, {output.describe()})")
         check_inputs(self.inputs, preprocess, "validation slice")

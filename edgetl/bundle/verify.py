@@ -81,7 +81,8 @@ def verify(bundle: Path, *, load: bool = True) -> VerifyReport:
 
     With ``load`` (the default) each artifact is also opened with its runtime and run on one example batch
     (of 1, or the model's fixed batch size), whose output must have shape (batch, number of labels), or for an
-    embedding bundle (manifest ``"output": "embedding"``, labels.json ``[]``) (batch, manifest ``embedding_dim``).
+    embedding or regression bundle (manifest ``"output": "embedding"`` / ``"regression"``, labels.json ``[]``)
+    (batch, manifest ``embedding_dim`` / ``output_dim``).
 
     >>> report = verify(Path("models/fmnist.tar.gz"))
     >>> report.ok, report.problems
@@ -227,7 +228,7 @@ def _load_json(root: Path, rel: str, listed: dict, damaged: set[str], problems: 
 
 
 def _parse_labels(data: Any) -> list[str]:
-    # Empty only for an embedding bundle: bundle_output holds labels.json to the manifest's output.
+    # Empty only for an embedding or regression bundle: bundle_output holds labels.json to the manifest's output.
     if not isinstance(data, list) or not all(isinstance(label, str) for label in data):
         raise ValueError("expected a list of strings")
     return data
@@ -237,7 +238,7 @@ def _smoke_test(
     root: Path, name: str, entry: dict, preprocess: BundlePreprocess, output: BundleOutput, report: VerifyReport
 ) -> None:
     """Open one artifact and run the preprocessing's example batch through it; the output must be (batch, labels),
-    or (batch, embedding_dim) for an embedding bundle."""
+    or (batch, the manifest's width) for an embedding or regression bundle."""
     from ..runners import backend_for_file, open_runner  # light, but only needed with load=True
 
     path = root / model_file(entry)
@@ -264,7 +265,7 @@ def _smoke_test(
     finally:
         runner.close()
     if logits.shape != (count, output.width):
-        source = "the manifest's embedding_dim" if output.is_embedding else "labels.json"
+        source = f"the manifest's {output.spec.width_key}" if output.spec.width_key else "labels.json"
         report.problems.append(f"artifact {name}: outputs {logits.shape}, {source} expects ({count}, {output.width})")
     elif not np.isfinite(logits).all():
         report.problems.append(f"artifact {name}: non-finite outputs on an example batch")

@@ -38,24 +38,14 @@ def predict(
     from ..predict import load_bundle
 
     model = load_bundle(bundle, runtime=runtime, threads=threads)
-    if model.output == "embedding":
-        _print_embeddings(images, model.embed(images))
+    if model.output != "logits":  # vectors or values: one line per input, worded by the output kind
+        for line in model.describe_outputs(images):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
         return
     for image, prediction in zip(images, model.predict(images, top_k=top_k)):
         ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in prediction.top_k)
         out.print(f"{image}: [bold]{prediction.label}[/] ({prediction.probability:.1%})  top-{top_k}: {ranked}",
                   highlight=False)
-
-
-def _print_embeddings(samples: list[Path], vectors) -> None:
-    """One line per input: its embedding's dimension, L2 norm and first 4 values."""
-    import numpy as np
-
-    for sample, vector in zip(samples, vectors):
-        first = ", ".join(f"{value:.4f}" for value in vector[:4])
-        more = ", …" if len(vector) > 4 else ""
-        out.print(f"{sample}: {len(vector)}-dim embedding, L2 norm {float(np.linalg.norm(vector)):.4f}, "
-                  f"[{first}{more}]", highlight=False, markup=False, soft_wrap=True)
 
 
 def backbones() -> None:

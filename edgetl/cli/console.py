@@ -52,8 +52,8 @@ def stages_context(recipe: Path | None, overrides: list[str] | None, quiet: bool
 
 
 # What the run table shows; summary.json keeps every column (runtime, p99, spread, teacher agreement, ...).
-_SUMMARY_COLUMNS = ("variant", "batch", "accuracy", "agreement", "median_ms", "p90_ms", "throughput", "size_mb",
-                    "median_rel_ci", "speedup", "verdict", "selected")
+_SUMMARY_COLUMNS = ("variant", "batch", "accuracy", "agreement", "mean_cosine", "mean_relative_error", "median_ms",
+                    "p90_ms", "throughput", "size_mb", "median_rel_ci", "speedup", "verdict", "selected")
 
 
 def print_summary(rows: list[dict], decisions: dict | None = None) -> None:

@@ -119,6 +119,7 @@ def validate(
     """Run the shared validation check on every exported variant (or on one model file against its original);
     exit 1 if any fails."""
     from ..pipeline.optimize import MODEL_FILE_RUNTIMES, validate_file
+    from ..validate import describe_measures
 
     if recipe is not None and recipe.suffix.lower() in MODEL_FILE_RUNTIMES:
         if reference is None or data is None:
@@ -134,9 +135,7 @@ def validate(
         reports = stages.validate_stage(ctx)
     for name, report in reports.items():
         verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
-        accuracy = f"{report['accuracy']:.2f}%" if report["accuracy"] is not None else "not measured (no labels)"
-        out.print(f"{name}: accuracy {accuracy}, agreement {report['agreement']:.2%}, max |Δlogit| "
-                  f"{report['max_abs_logit_diff']:.3g} -> {verdict}", highlight=False)
+        out.print(f"{name}: {describe_measures(report)} -> {verdict}", highlight=False)
     failed = [name for name, r in reports.items() if not r["passed"]]
     if failed:
         fail(f"{len(failed)} of {len(reports)} failed the validation gate ({', '.join(failed[:4])}"

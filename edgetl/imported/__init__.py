@@ -6,7 +6,7 @@
 torch-free and imports its runtime lazily.
 """
 
-from . import factory, hf  # noqa: F401  (register the torch-factory and Hugging Face folder formats)
+from . import factory, hf, program  # noqa: F401  (register the torch-factory, Hugging Face and .pt2 formats)
 from .labels import match_labels, read_labels
 from .model import SOURCE_FORMATS, SourceModel, read_source
 

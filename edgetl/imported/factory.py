@@ -27,6 +27,7 @@ from .._io import atomic_path, read_json, sha256_file, write_json
 from ..errors import ExportError, RecipeError, WeightsError
 from ..settings import WEIGHT_SOURCES
 from .model import SOURCE_FORMATS, ModelInput, SourceFormat, SourceModel
+from .program import program_to_onnx
 
 FACTORY_FILE = "factory.json"  # beside the run's copy of the weights: which code builds the model, at what size
 PICKLES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -253,36 +254,7 @@ def _to_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> dict[
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types
         raise ExportError(f"torch.export cannot trace {spec} with a dynamic batch: {_first_line(exc)[:200]}; make "
                           "forward independent of the batch size (x.flatten(1), not x.view(2, -1))") from None
-    return _program_onnx(program, destination, metadata, f"{spec} with {source.name}")
-
-
-def _program_onnx(program, destination: Path, metadata: dict[str, str], name: str) -> dict[str, Any]:
-    """torch.onnx's dynamo exporter on ``program`` (one file, the batch axis kept dynamic).
-
-    The body of model.py's ``_program_to_onnx`` after it loads the program; to be replaced by the shared helper
-    once model.py factors it out (``program_to_onnx(program, destination, metadata, name=...)``)."""
-    import contextlib
-    import io
-
-    import onnx
-    import torch
-
-    example = tuple(node.meta["val"] for node in program.graph.nodes
-                    if node.op == "placeholder" and node.name in set(program.graph_signature.user_inputs))
-    args = tuple(torch.zeros([d if isinstance(d, int) else 2 for d in v.shape], dtype=v.dtype) for v in example)
-    with atomic_path(destination) as tmp:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
-                torch.onnx.export(program, args, str(tmp), dynamo=True, external_data=False, opset_version=18)
-        except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types
-            raise ExportError(f"torch.onnx could not export {name}: {_first_line(exc)[:200]}; export it to ONNX "
-                              "yourself and give that file as model.source") from None
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, metadata)
-        onnx.save(proto, str(tmp))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"format": "onnx", "files": [destination.name], "opset": opset,
-            "exporter": f"torch.onnx (dynamo) from {name}", "metadata": metadata}
+    return program_to_onnx(program, destination, metadata, name=f"{spec} with {source.name}")
 
 
 def _first_line(exc: BaseException) -> str:

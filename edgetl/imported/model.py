@@ -1,7 +1,12 @@
-"""What a source model file says about itself, and copying it into a run folder.
+"""What a source model file says about itself, and bringing it into a run folder.
 
 >>> model = read_source("mobilenet_v2.onnx")
 >>> model.inputs, model.num_outputs, model.labels
+
+A file with several outputs (an export that also returns its token embeddings, its input ids...) is used through
+one: ``model.output`` by name, else the first float (N, D) output (class logits or an embedding), else the first.
+Bringing it into the run cuts the graph down to that output, so every later step sees a one-output model. A text
+model given as a file brings its tokenizer (``model.tokenizer``) along (see ``edgetl.imported.tokenizer``).
 """
 
 from __future__ import annotations
@@ -23,16 +28,29 @@ class ModelInput:
     dtype: str  # numpy dtype name
 
 
+@dataclass(frozen=True)
+class ModelOutput:
+    name: str
+    shape: tuple[int | None, ...]  # None: a dynamic axis; () when the file does not say
+    dtype: str  # numpy dtype name
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.dtype} [{', '.join('?' if d is None else str(d) for d in self.shape)}])"
+
+
 @dataclass
 class SourceModel:
-    """A model file as edgetl reads it: its inputs, its first output's width, and its own metadata."""
+    """A model file as edgetl reads it: its inputs, the output it is used through, and its own metadata."""
 
     path: Path
-    format: str  # "onnx", "openvino" or "torch-export"
+    format: str  # "onnx", "openvino", "torch-export" or "hf"
     inputs: list[ModelInput]
-    output_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]  # the chosen output's
     metadata: dict[str, str] = field(default_factory=dict)  # ONNX metadata_props / the IR's rt_info model_info
     opset: int | None = None
+    outputs: list[ModelOutput] = field(default_factory=list)  # every output of the file, in order
+    output: str = ""  # the one used (model.output, or by pick_output's rule); the others are cut when brought in
+    tokenizer: Path | None = None  # model.tokenizer: a text model file's tokenizer folder or file
 
     @property
     def num_outputs(self) -> int | None:
@@ -139,6 +157,37 @@ def read_source(spec: str | Path, config: Any = None) -> SourceModel:
     return source_format(path).read(path, config)
 
 
+def pick_output(path: Path, outputs: list[ModelOutput], wanted: str = "") -> ModelOutput:
+    """``wanted`` by name; else the first float output of rank 2 (class logits (N, C), an embedding (N, D)), else
+    the first: an export's extra outputs (input ids echoed, token embeddings) are passed over."""
+    if wanted:
+        found = next((output for output in outputs if output.name == wanted), None)
+        if found is None:
+            raise RecipeError(f"model.output {wanted!r} is not an output of {path.name}; its outputs: "
+                              f"{', '.join(o.describe() for o in outputs)}; give one of these names (--output NAME)")
+        return found
+    return next((o for o in outputs if o.dtype.startswith("float") and len(o.shape) == 2), outputs[0])
+
+
+def _described(path: Path, fmt: str, inputs: list[ModelInput], outputs: list[ModelOutput], config: Any,
+               **fields: Any) -> SourceModel:
+    """The SourceModel of a file with these inputs and outputs, used through the output ``config.output`` names
+    (or by pick_output's rule)."""
+    if not inputs or not outputs:
+        raise RecipeError(f"model.source {path} has no inputs or no outputs; is it a complete model?")
+    chosen = pick_output(path, outputs, getattr(config, "output", "") or "")
+    tokenizer = getattr(config, "tokenizer", "") or ""
+    return SourceModel(path=path, format=fmt, inputs=inputs, output_shape=chosen.shape, outputs=outputs,
+                       output=chosen.name, tokenizer=Path(tokenizer).expanduser() if tokenizer else None, **fields)
+
+
+def _bring_tokenizer(model: SourceModel, destination: Path) -> None:
+    if model.tokenizer is not None:
+        from .tokenizer import bring_tokenizer
+
+        bring_tokenizer(model.tokenizer, destination.parent)
+
+
 # -- ONNX -------------------------------------------------------------------------------------------
 
 _ONNX_TYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 2: "uint8", 3: "int8", 9: "bool"}
@@ -159,28 +208,73 @@ def _read_onnx(path: Path, config: Any = None) -> SourceModel:
         return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                      for d in value.type.tensor_type.shape.dim)
 
-    inputs = [ModelInput(i.name, dims(i), _ONNX_TYPES.get(i.type.tensor_type.elem_type, "float32"))
-              for i in graph.input if i.name not in initializers]
-    if not inputs or not graph.output:
-        raise RecipeError(f"model.source {path} has no inputs or no outputs; is it a complete model?")
+    def dtype(value) -> str:
+        return _ONNX_TYPES.get(value.type.tensor_type.elem_type, "float32")
+
+    inputs = [ModelInput(i.name, dims(i), dtype(i)) for i in graph.input if i.name not in initializers]
+    outputs = [ModelOutput(o.name, dims(o), dtype(o)) for o in graph.output]
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return SourceModel(path=path, format="onnx", inputs=inputs, output_shape=dims(graph.output[0]),
-                       metadata={p.key: p.value for p in proto.metadata_props}, opset=opset)
+    return _described(path, "onnx", inputs, outputs, config, opset=opset,
+                      metadata={p.key: p.value for p in proto.metadata_props})
 
 
-def _copy_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> None:
+def _copy_onnx(source: Path, destination: Path, metadata: dict[str, str], output: str = "") -> None:
     """One self-contained ONNX file (external data folded in) with ``metadata`` added to its metadata_props; the
-    graph itself is untouched."""
+    graph itself is untouched, unless ``output`` names the one output to keep (see ``_keep_output``)."""
     import onnx
 
     proto = onnx.load(str(source))  # loads external data too
+    if output:
+        _keep_output(proto.graph, output)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
     with atomic_path(destination) as tmp:
-        onnx.save(proto, str(tmp))
+        try:
+            onnx.save(proto, str(tmp))
+        except ValueError as exc:  # protobuf's 2 GB limit on one message
+            if "2GB" not in str(exc).replace(" ", ""):
+                raise
+            raise RecipeError(f"model.source {source.name} holds over 2 GB of weights (ONNX external data); edgetl "
+                              "takes a model below 2 GB as one file: export a smaller model, or convert it to "
+                              "OpenVINO IR (ovc) and give the .xml") from None
+
+
+def _keep_output(graph, name: str) -> None:
+    """Cut ``graph`` down to its output ``name``: the other outputs, the nodes only they needed, and initializers
+    and value_info no kept node uses go; the inputs stay (the model's interface); names are kept as they are."""
+    needed, kept = {name}, set()
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
+        if needed.intersection(node.output):
+            kept.add(index)
+            needed.update(_used_names(node))
+    for field_, keep in ((graph.node, lambda i, item: i in kept), (graph.output, lambda i, item: item.name == name),
+                         (graph.initializer, lambda i, item: item.name in needed),
+                         (graph.value_info, lambda i, item: item.name in needed)):
+        for index in reversed(range(len(field_))):
+            if not keep(index, field_[index]):
+                del field_[index]
+
+
+def _used_names(node) -> set[str]:
+    """The values ``node`` reads, those its subgraphs (If, Loop, Scan) read from outside included."""
+    names = {name for name in node.input if name}
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            for inner in graph.node:
+                names |= _used_names(inner)
+    return names
+
+
+def _bring_onnx(model: SourceModel, destination: Path) -> None:
+    """The file with only the chosen output (the whole graph when it has one), and the model's tokenizer beside
+    it when it is a text model given as a file."""
+    _copy_onnx(model.path, destination, {}, output=model.output if len(model.outputs) > 1 else "")
+    _bring_tokenizer(model, destination)
 
 
 SOURCE_FORMATS.register("onnx", SourceFormat("onnx", (".onnx",), _read_onnx, _copy_onnx, "model.onnx",
-                                             "onnxruntime:CPUExecutionProvider", ("onnx", "openvino")))
+                                             "onnxruntime:CPUExecutionProvider", ("onnx", "openvino"),
+                                             bring=_bring_onnx))
 
 
 # -- OpenVINO IR --------------------------------------------------------------------------------------
@@ -202,24 +296,37 @@ def _read_openvino(path: Path, config: Any = None) -> SourceModel:
                           "check the .xml/.bin pair, or re-export it") from None
 
     def dims(port) -> tuple[int | None, ...]:
-        return tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+        shape = port.get_partial_shape()
+        return () if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
 
-    inputs = [ModelInput(port.get_any_name(), dims(port), _OV_TYPES.get(port.get_element_type().get_type_name(),
-                                                                          "float32")) for port in model.inputs]
+    def dtype(port) -> str:
+        return _OV_TYPES.get(port.get_element_type().get_type_name(), "float32")
+
+    inputs = [ModelInput(port.get_any_name(), dims(port), dtype(port)) for port in model.inputs]
+    outputs = [ModelOutput(_ov_name(port, i), dims(port), dtype(port)) for i, port in enumerate(model.outputs)]
     metadata = {}
     if model.has_rt_info(["model_info"]):
         section = model.get_rt_info(["model_info"]).astype(dict)
         metadata = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in section.items()}
-    return SourceModel(path=path, format="openvino", inputs=inputs, output_shape=dims(model.outputs[0]),
-                       metadata=metadata)
+    return _described(path, "openvino", inputs, outputs, config, metadata=metadata)
 
 
-def _copy_openvino(source: Path, destination: Path, metadata: dict[str, str]) -> None:
-    """The IR (.xml and .bin) with ``metadata`` added to its rt_info; weights kept in their precision."""
+def _ov_name(port, index: int) -> str:
+    return port.get_any_name() if port.get_names() else f"output{index}"  # a hand-built IR may not name one
+
+
+def _copy_openvino(source: Path, destination: Path, metadata: dict[str, str], output: str = "") -> None:
+    """The IR (.xml and .bin) with ``metadata`` added to its rt_info; weights kept in their precision. ``output``:
+    the one output to keep (the others' results go, and the nodes only they needed are not saved)."""
     from ..quantize.core import openvino_module
 
     ov = openvino_module()
     model = ov.Core().read_model(str(source))
+    if output:
+        for index, result in reversed(list(enumerate(model.get_results()))):
+            if _ov_name(model.outputs[index], index) != output:
+                model.remove_result(result)
+        model.validate_nodes_and_infer_types()
     for key, value in metadata.items():
         model.set_rt_info(value, ["model_info", key])
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -229,95 +336,10 @@ def _copy_openvino(source: Path, destination: Path, metadata: dict[str, str]) ->
     staging.replace(destination)
 
 
+def _bring_openvino(model: SourceModel, destination: Path) -> None:
+    _copy_openvino(model.path, destination, {}, output=model.output if len(model.outputs) > 1 else "")
+    _bring_tokenizer(model, destination)
+
+
 SOURCE_FORMATS.register("openvino", SourceFormat("openvino", (".xml",), _read_openvino, _copy_openvino, "model.xml",
-                                                 "openvino:CPU", ("openvino",)))
-
-
-# -- a torch.export program (.pt2) ---------------------------------------------------------------------
-
-
-def _load_program(path: Path):
-    """The ExportedProgram in ``path``. torch.export's own format (a graph and its weights), not a pickle: loading
-    it runs no code from the file."""
-    import torch
-
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:
-        raise RecipeError(f"model.source {path} is not a torch.export program ({str(exc).splitlines()[0][:120]}); "
-                          "save one with torch.export.save(torch.export.export(model, example_inputs), PATH)") from None
-
-
-def _read_program(path: Path, config: Any = None) -> SourceModel:
-    program = _load_program(path)
-    user_inputs = set(program.graph_signature.user_inputs)
-
-    def dims(value) -> tuple[int | None, ...]:
-        return tuple(int(d) if isinstance(d, int) else None for d in value.shape)
-
-    inputs = [ModelInput(node.name, dims(node.meta["val"]), str(node.meta["val"].dtype).removeprefix("torch."))
-              for node in program.graph.nodes if node.op == "placeholder" and node.name in user_inputs]
-    output = next(node for node in program.graph.nodes if node.op == "output").args[0][0]
-    model = SourceModel(path=path, format="torch-export", inputs=inputs, output_shape=dims(output.meta["val"]))
-    if inputs and inputs[0].shape and inputs[0].shape[0] is not None:
-        raise RecipeError(f"model.source {path.name}: its batch axis is fixed at {inputs[0].shape[0]}; export it with "
-                          "a dynamic batch: torch.export.export(model, (x,), dynamic_shapes=({0: "
-                          "torch.export.Dim('batch')},))")
-    return model
-
-
-def _copy_file(source: Path, destination: Path, metadata: dict[str, str]) -> None:
-    import shutil
-
-    with atomic_path(destination) as tmp:
-        shutil.copyfile(source, tmp)
-
-
-def _program_module(path: Path):
-    """The program as a module the torch runner can call (its ``eval()`` is refused by torch.export's own module,
-    which is held here unregistered: it has no training mode to switch)."""
-    import torch
-
-    class Program(torch.nn.Module):
-        def __init__(self, module) -> None:
-            super().__init__()
-            self.__dict__["program"] = module
-
-        def forward(self, *args):
-            return self.program(*args)
-
-    return Program(_load_program(path).module())
-
-
-def _program_to_onnx(source: Path, destination: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    """torch.onnx's dynamo exporter on the program itself (one file, the batch axis kept dynamic)."""
-    import contextlib
-    import io
-
-    import onnx
-    import torch
-
-    program = _load_program(source)
-    example = tuple(node.meta["val"] for node in program.graph.nodes
-                    if node.op == "placeholder" and node.name in set(program.graph_signature.user_inputs))
-    args = tuple(torch.zeros([d if isinstance(d, int) else 2 for d in v.shape], dtype=v.dtype) for v in example)
-    with atomic_path(destination) as tmp:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
-                torch.onnx.export(program, args, str(tmp), dynamo=True, external_data=False, opset_version=18)
-        except Exception as exc:
-            from ..errors import ExportError
-
-            raise ExportError(f"torch.onnx could not export {source.name}: {str(exc).splitlines()[0][:200]}; export "
-                              "it to ONNX yourself and give that file as model.source") from None
-        proto = onnx.load(str(tmp))
-        onnx.helper.set_model_props(proto, metadata)
-        onnx.save(proto, str(tmp))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"format": "onnx", "files": [destination.name], "opset": opset, "exporter": "torch.onnx (dynamo) from "
-            f"the torch.export program {source.name}", "metadata": metadata}
-
-
-SOURCE_FORMATS.register("torch-export", SourceFormat(
-    "torch-export", (".pt2",), _read_program, _copy_file, "model.pt2", "torch:cpu", ("onnx", "openvino"),
-    reference=_program_module, to_onnx=_program_to_onnx))
+                                                 "openvino:CPU", ("openvino",), bring=_bring_openvino))

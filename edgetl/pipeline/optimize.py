@@ -83,6 +83,8 @@ def optimize_overrides(
         # kept every text's cosine >= 0.99 yet 96.7% of nearest neighbours; the gate holds it to 95% here.
         values.update({"data.label_column": "", "quantize.methods": ["onnx-int8-dynamic", "openvino-int8"],
                        "validate.gate.min_agreement": 0.95})
+    if task == "image-regression":  # no accuracy-aware search: it ranks class logits
+        values["quantize.methods"] = ["onnx-int8-static", "openvino-int8"]
     if located.suffix.lower() == ".xml":  # an OpenVINO IR becomes OpenVINO variants only
         values.update({"export.formats": ["openvino"], "ship.formats": ["openvino"],
                        "quantize.methods": ["openvino-int8", "openvino-fp16"]})
@@ -155,7 +157,8 @@ def validate_file(model_file: str | Path, reference: str | Path, data: str | Pat
         runner = open_runner(path, runtime, threads=recipe.bench.threads)
         try:
             report = validate(runner, ctx.splits.test, ctx.preprocess_of(), reference=ctx.reference_logits(),
-                              gate=recipe.validate.gate, batch_size=recipe.validate.batch_size, artifact=path.name)
+                              gate=recipe.validate.gate, batch_size=recipe.validate.batch_size, artifact=path.name,
+                              output=ctx.task.output)
         finally:
             runner.close()
     return {**report.to_dict(), "reference": str(Path(reference)), "data": str(Path(data))}

@@ -18,6 +18,7 @@ from ..registry import Registry
 from ..tasks import STUDENT, TEACHER
 
 SOURCE_DIR, SOURCE_META = "source", "checkpoint.json"
+HUB_KEYS = ("hub_id", "hub_commit")  # a Hugging Face hub source: the id and the snapshot's commit
 
 
 class Trained:
@@ -115,21 +116,24 @@ class Imported:
         meta = {"key": key, "source": str(model.path.resolve()), "source_sha256": key["source"], "format": fmt.name,
                 "file": fmt.file, "runtime": fmt.runtime, "classes": labels, "num_classes": model.num_outputs,
                 "preprocess": preprocess.to_dict(), "backbone": model.path.name, "opset": model.opset,
-                "inputs": [dataclasses.asdict(i) for i in model.inputs]}
+                "inputs": [dataclasses.asdict(i) for i in model.inputs], "output": model.output,
+                **{k: v for k, v in model.metadata.items() if k in HUB_KEYS}}
         write_json(record, meta)
-        named_by = ("none (an embedding)" if labels == [] else "from model.labels" if ctx.recipe.model.labels
-                    else "from the model" if model.labels else "from the data")
+        named_by = (f"none (an {ctx.task.output} model)" if labels == [] else "from model.labels"
+                    if ctx.recipe.model.labels else "from the model" if model.labels else "from the data")
+        output = (f"output {model.output!r} {list(model.output_shape)} of {len(model.outputs)} "
+                  f"({', '.join(o.name for o in model.outputs)}; the others cut)" if len(model.outputs) > 1
+                  else f"{model.num_outputs} outputs")
         ctx.log(f"source: {model.path} ({fmt.name}, {len(model.inputs)} input(s) "
-                f"{', '.join(str(list(i.shape)) for i in model.inputs)}, {model.num_outputs} outputs, "
-                f"labels {named_by})")
+                f"{', '.join(str(list(i.shape)) for i in model.inputs)}, {output}, labels {named_by})")
         return meta
 
     def _labels(self, ctx, model) -> list[str] | None:
         """model.labels, else the model's own; None: the data's classes are the labels (checked in ``splits``).
-        An embedding model has none: ``[]``."""
+        A model whose outputs are not class logits (an embedding, regression values) has none: ``[]``."""
         from ..imported import read_labels
 
-        if ctx.task.output == "embedding":
+        if ctx.task.output != "logits":
             return []
         labels = read_labels(ctx.recipe.model.labels) if ctx.recipe.model.labels else model.labels
         if labels is not None and model.num_outputs is not None and len(labels) != model.num_outputs:
@@ -145,7 +149,7 @@ class Imported:
         meta = self._meta(ctx)
         splits = ctx.task.load_splits(ctx.recipe, self.preprocess_of(ctx, meta, ctx.model_dir(TEACHER)))
         labels = meta["classes"]
-        if ctx.task.output == "embedding":  # vectors, not classes: labels in the data are not used
+        if ctx.task.output != "logits":  # vectors or values, not classes: labels in the data are not used
             return type(splits)(*(_unlabelled(split) for split in (splits.train, splits.val, splits.test)))
         if not splits.train.labelled:
             ctx.log(f"data: no labels: accuracy is not measured; every variant is held to its agreement with the "
@@ -240,11 +244,13 @@ class Imported:
 
     def provenance(self, ctx) -> dict[str, str] | None:
         meta = self._meta(ctx)
-        return {"file": Path(meta["source"]).name, "sha256": meta["source_sha256"], "format": meta["format"]}
+        return {"file": Path(meta["source"]).name, "sha256": meta["source_sha256"], "format": meta["format"],
+                **{k: meta[k] for k in HUB_KEYS if k in meta}}
 
     def card(self, ctx) -> dict[str, Any]:
         meta = self._meta(ctx)
-        return {"source_model": f"{Path(meta['source']).name} (sha256 {meta['source_sha256'][:16]})",
+        name = f"{meta['hub_id']}@{meta['hub_commit'][:12]}" if "hub_id" in meta else Path(meta["source"]).name
+        return {"source_model": f"{name} (sha256 {meta['source_sha256'][:16]})",
                 "weights_license": "the source model's own (edgetl did not train it)",
                 "test_accuracy": self.summary(ctx, meta)["test_accuracy"]}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..validate import summary_fields
 from .context import RunContext
 from .plan import Planned, torch_artifact_name
 
@@ -84,6 +85,7 @@ def summary_rows(validation: dict[str, dict], benchmarks: dict[str, dict],
                 "variant": name, "runtime": report["runtime"], "batch": batch,
                 "accuracy": report["accuracy"], "agreement": report["agreement"],
                 "teacher_agreement": report.get("teacher_agreement"),
+                **summary_fields(report),  # e.g. mean cosine, mean relative error: what this kind is held to
                 "median_ms": stats.get("median_ms"), "p90_ms": stats.get("p90_ms"), "p99_ms": stats.get("p99_ms"),
                 "throughput": stats.get("throughput"),
                 "size_mb": bench["model_size_bytes"] / 1e6 if bench.get("model_size_bytes") else None,

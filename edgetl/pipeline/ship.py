@@ -36,7 +36,7 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
                 validation_slice=validation_slice(ctx, model_key),
                 bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None,
                 output=ctx.task.output,
-                embedding_dim=ctx.reference_logits(model_key).shape[1] if ctx.task.output == "embedding" else None)
+                output_dim=ctx.reference_logits(model_key).shape[1] if ctx.task.output != "logits" else None)
 
 
 def shipped_artifacts(ctx: RunContext, decisions: dict[str, dict]) -> tuple[list[Planned], str]:

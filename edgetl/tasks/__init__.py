@@ -17,12 +17,14 @@ from ..registry import Registry
 from .base import STUDENT, TEACHER, Task
 from .embedding import TextEmbedding
 from .image import ImageClassification
+from .regression import ImageRegression
 from .text import TextClassification
 
 TASKS: Registry[Task] = Registry("task", key="model.task")
 TASKS.register(ImageClassification.name, ImageClassification())
 TASKS.register(TextClassification.name, TextClassification())
 TASKS.register(TextEmbedding.name, TextEmbedding())
+TASKS.register(ImageRegression.name, ImageRegression())
 
 
 def get_task(recipe) -> Task:

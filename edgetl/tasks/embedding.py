@@ -28,13 +28,12 @@ class TextEmbedding(TextClassification):
 
     def source_preprocess(self, recipe, model):
         """The folder's own tokenizer, truncating at ``text.max_length`` (0: the model's max_seq_length, else its
-        position limit)."""
+        position limit); a model file (ONNX, IR) with ``model.tokenizer``: see ``TextClassification``."""
         from ..imported.hf import pooling
         from ..preprocess import TextPreprocess
 
         if model.format != "hf":
-            raise RecipeError(f"model.source {model.path.name}: a text-embedding source must be a Hugging Face "
-                              "folder for now (its tokenizer is needed); give the sentence-transformers folder")
+            return super().source_preprocess(recipe, model)
         limit = recipe.text.max_length or pooling(model.path)["max_seq_length"] or None
         return TextPreprocess.from_model_dir(model.path, max_length=limit)
 

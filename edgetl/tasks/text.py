@@ -51,12 +51,14 @@ class TextClassification(Task):
         return load_splits(recipe.data)
 
     def source_preprocess(self, recipe, model):
-        """A Hugging Face folder's own tokenizer, truncating at ``text.max_length`` (0: the model's limit)."""
+        """A Hugging Face folder's own tokenizer, or a model file's ``model.tokenizer`` (fed only the token inputs
+        the file has), truncating at ``text.max_length`` (0: the model's limit, see ``token_preprocess``)."""
         from ..preprocess import TextPreprocess
 
         if model.format != "hf":
-            raise RecipeError(f"model.source {model.path.name}: a text model must come as a Hugging Face folder for "
-                              "now (its tokenizer is needed); give the folder")
+            from ..imported.tokenizer import token_preprocess
+
+            return token_preprocess(model, recipe.text.max_length or None)
         return TextPreprocess.from_model_dir(model.path, max_length=recipe.text.max_length or None)
 
     def fingerprint(self, splits) -> str:
@@ -179,8 +181,8 @@ class TextClassification(Task):
     def bundle_files(self, ctx: RunContext, model_key: str) -> dict[str, Path]:
         from ..preprocess.text import TOKENIZER_FILES
 
-        folder = ctx.model_dir(model_key) / MODEL_DIR
-        return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}
+        folder = Path(ctx.preprocess_of(model_key).root)  # where its tokenizer is read: the model folder, or
+        return {name: folder / name for name in TOKENIZER_FILES if (folder / name).is_file()}  # beside a source file
 
     def summary(self, ctx: RunContext) -> dict[str, Any]:
         return {"max_length": ctx.preprocess_of().max_length}
