@@ -50,6 +50,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
                               "file") from None
     for item in overrides or []:
         _apply_override(data, item)
+    if isinstance((data.get("finetune") or {}).get("augment"), bool):  # before [finetune.augment] was a table
+        raise RecipeError("finetune.augment is a table now: write [finetune.augment] enabled = true/false; the old "
+                          "flip and shift is random_resized_crop = [1.0, 1.0], color_jitter = 0.0, shift = 0.125")
     recipe = load(Recipe, data, error=RecipeError, noun="recipe key", renamed=RENAMED)
     check_recipe(recipe)
     check_names(recipe)

@@ -74,6 +74,32 @@ class DataConfig:
     label_column: str = "label"  # "": the texts have no labels (a model.source is then held to agreement only)
 
 
+def _crop_scale(value: list[float]) -> str | None:
+    if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+        return (f"must be [min, max] with 0 < min <= max <= 1, got {value}; [0.08, 1.0] is torchvision's ImageNet "
+                "default, [1.0, 1.0] turns cropping off")
+    return None
+
+
+@dataclass
+class AugmentConfig:
+    """``[finetune.augment]``: image augmentation drawn on the fly (from run.seed) for each training batch of the
+    fine-tune and the distillation (teacher and student see the same images); never at evaluation or in the
+    probe's cached features. Off by default."""
+
+    enabled: bool = False
+    random_resized_crop: list[float] = checked([0.5, 1.0], _crop_scale)  # area fraction kept; aspect 3/4..4/3
+    hflip: bool = True  # mirror half the images left-right
+    # Brightness, contrast and saturation factors drawn from [1 - s, 1 + s]; skipped with a policy (as timm does)
+    color_jitter: float = ranged(0.2, ge=0, le=1, note="0 = off")
+    policy: Literal["none", "trivialaugment", "randaugment"] = "none"  # TrivialAugment Wide or RandAugment ops
+    randaugment_ops: int = ranged(2, ge=1, le=14)  # ops per image (RandAugment's N)
+    randaugment_magnitude: int = ranged(9, ge=0, le=30)  # strength of each op out of 30 (RandAugment's M)
+    mixup: float = ranged(0.0, ge=0, note="Beta(alpha, alpha); 0 = off, 0.2 to 0.4 is usual")
+    cutmix: float = ranged(0.0, ge=0, note="Beta(alpha, alpha); 0 = off, 1.0 is usual")
+    shift: float = ranged(0.0, ge=0, le=0.5)  # random shift of up to this fraction of the side, border reflected
+
+
 @dataclass
 class FinetuneConfig:
     batch_size: int = ranged(64, ge=2, note="batch norm needs at least 2 samples")
@@ -85,7 +111,7 @@ class FinetuneConfig:
     weight_decay: float = ranged(1e-4, ge=0)
     label_smoothing: float = ranged(0.1, ge=0, lt=1)
     patience: int = ranged(2, ge=0, note="0 = no early stop")  # epochs without val improvement before a stage stops
-    augment: bool = False  # random horizontal flip and shift; costs accuracy in a 7-epoch schedule
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training batches only (edgetl.train.augment)
     threads: int = ranged(0, ge=0, note="0 = torch's default")
 
 

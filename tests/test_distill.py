@@ -21,7 +21,8 @@ from edgetl.recipe import load_recipe
 from test_finetune import TINY, tiny_splits
 
 STUDENT = [*TINY, "distill.student='tiny_convnet'", "distill.epochs=3", "distill.batch_size=16", "distill.lr=0.01",
-           "distill.patience=0", "distill.init_from_teacher=false", "finetune.augment=false", "finetune.threads=1"]
+           "distill.patience=0", "distill.init_from_teacher=false", "finetune.augment.enabled=false",
+           "finetune.threads=1"]
 
 
 def recipe(*overrides: str):
@@ -178,7 +179,7 @@ def test_hint_loss_and_augmentation_ask_the_teacher_every_batch(teacher, tmp_pat
     handle = teacher.register_forward_hook(lambda module, inputs, output: calls.append(len(output)))
     try:
         result = tasks.distill(recipe("distill.hint_weight=1.0", "distill.ablation=false", "distill.epochs=1",
-                                   "finetune.augment=true"), tiny_splits(), teacher, tmp_path, progress=False)
+                                   "finetune.augment.enabled=true"), tiny_splits(), teacher, tmp_path, progress=False)
     finally:
         handle.remove()
     steps = len(tiny_splits().train) // 16

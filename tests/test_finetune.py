@@ -12,7 +12,8 @@ import torch
 from edgetl import tasks
 import edgetl.train.finetune as ft
 from edgetl.tasks.image import load_checkpoint
-from edgetl.tasks.image_train import augment, evaluate
+from edgetl.tasks.image_train import evaluate
+from edgetl.train.augment import crop_and_flip, shift
 from edgetl.train.loop import CHECKPOINT_FILE, META_FILE, METRICS_FILE, RESULT_FILE, STATE_FILE
 from edgetl.backbones import create_model
 from edgetl.data.dataset import LabeledImages, Splits
@@ -22,7 +23,8 @@ from edgetl.recipe import load_recipe
 
 TINY = ["model.backbone='tiny_convnet'", "model.weights='none'", "model.image_size=32", "finetune.batch_size=16",
         "finetune.probe_epochs=5", "finetune.unfreeze=[1, 3]", "finetune.stage_epochs=[2, 3]", "finetune.lr=0.01",
-        "finetune.patience=0", "finetune.augment=true"]
+        "finetune.patience=0", "finetune.augment.enabled=true", "finetune.augment.random_resized_crop=[1.0, 1.0]",
+        "finetune.augment.color_jitter=0.0", "finetune.augment.shift=0.125"]  # flip and shift (edgetl.train.augment)
 EPOCHS = 5  # stage_epochs summed; patience 0 runs them all
 
 
@@ -250,8 +252,8 @@ def test_bad_recipe_says_what_to_fix(tmp_path, override, words):
 
 def test_augment_flips_and_shifts_within_bounds():
     batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    flipped = augment(batch, max_shift=0)
+    flipped = crop_and_flip(batch, (1.0, 1.0), True, torch.Generator())
     for image, out in zip(batch, flipped):
         assert torch.equal(out, image) or torch.equal(out, image.flip(2))
-    shifted = augment(batch, max_shift=1)
+    shifted = shift(batch, 1 / 8, torch.Generator())  # up to 1 of 8 pixels
     assert shifted.shape == batch.shape and not torch.equal(shifted, batch)

@@ -1,14 +1,15 @@
 """The image task's side of the one trainer: CNN backbones from the registry, in-memory uint8 images normalised
-per batch (channels-last), BatchNorm statistics kept while fine-tuning, flip-and-shift augmentation, and a
-teacher/student pair with their own normalisations for distillation (hint maps included)."""
+per batch (channels-last), BatchNorm statistics kept while fine-tuning, the recipe's augmentation
+(``finetune.augment``, ``edgetl.train.augment``) on the uint8 training batches, and a teacher/student pair with their
+own normalisations for distillation (hint maps included)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import copy_matching_weights, create_model, get_spec
@@ -16,6 +17,7 @@ from ..data.dataset import LabeledImages, Splits
 from ..errors import DataError
 from ..preprocess import ImagePreprocess
 from ..settings import Recipe
+from ..train.augment import Augmenter
 from ..train.loop import CHECKPOINT_FILE, load_weights_file, save_checkpoint
 
 
@@ -43,19 +45,6 @@ def evaluate(model: nn.Module, images: LabeledImages, preprocess: ImagePreproces
     return 100.0 * correct / len(images)
 
 
-def augment(batch: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to ``max_shift`` pixels, per image."""
-    n, _, height, width = batch.shape
-    flip = torch.rand(n) < 0.5
-    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-    if max_shift <= 0:
-        return batch
-    # Reflect, not zero: a zero in normalised units is mid-grey, not the image's own border.
-    padded = F.pad(batch, (max_shift,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n)).tolist()
-    return torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
-
-
 def _channels_last(batch: torch.Tensor) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last)
 
@@ -67,7 +56,9 @@ class ImageTrainHooks:
                  eval_batch_size: int):
         self.recipe, self.splits, self.backbone, self.preprocess = recipe, splits, backbone, preprocess
         self.eval_batch_size = eval_batch_size
-        self.max_shift = recipe.model.image_size // 8
+        config = recipe.finetune.augment
+        self.augmenter = (Augmenter(config, num_classes=len(splits.classes), seed=recipe.run.seed)
+                          if config.enabled else None)
 
     # -- the model ---------------------------------------------------------------------------
     def _weights(self) -> str | None:
@@ -122,15 +113,20 @@ class ImageTrainHooks:
     def _rows(self, batch_size: int, steps: int) -> list[torch.Tensor]:
         return torch.randperm(len(self.splits.train))[: steps * batch_size].split(batch_size)
 
+    def _train_rows(self, rows: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """The uint8 images and labels of ``rows`` of the training split, augmented when the recipe says so (the
+        labels then soft targets if mixup or cutmix mixed them)."""
+        train = self.splits.train
+        images, labels = train.images[rows.numpy()], torch.from_numpy(train.labels[rows.numpy()])
+        return (images, labels) if self.augmenter is None else self.augmenter(images, labels)
+
     def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
                       ) -> Iterator[tuple[Any, ...]]:
-        """``steps`` shuffled, normalised and (if the recipe says so) augmented training batches."""
-        train = self.splits.train
+        """``steps`` shuffled, (if the recipe says so) augmented and normalised training batches."""
         for rows in self._rows(batch_size, steps):
-            batch = torch.from_numpy(self.preprocess.normalize(train.images[rows.numpy()]))
-            if self.recipe.finetune.augment:
-                batch = augment(batch, max_shift=self.max_shift)
-            yield (_channels_last(batch), torch.from_numpy(train.labels[rows.numpy()]), *(t[rows] for t in extra))
+            images, labels = self._train_rows(rows)
+            batch = torch.from_numpy(self.preprocess.normalize(images))
+            yield (_channels_last(batch), labels, *(t[rows] for t in extra))
 
     def evaluate(self, model: nn.Module, split: str) -> float:
         return evaluate(model, getattr(self.splits, split), self.preprocess, self.eval_batch_size)
@@ -151,18 +147,21 @@ class ImageTrainHooks:
                 "preprocess": self.preprocess.to_dict()}
 
     def rng_state(self) -> dict[str, Any]:
-        return {}  # batches come from torch's global RNG, which the trainer saves
+        # The batch order comes from torch's global RNG, which the trainer saves; the augmentation has its own.
+        return {} if self.augmenter is None else {"augment": self.augmenter.state()}
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
-        pass
+        if self.augmenter is not None and "augment" in state:
+            self.augmenter.set_state(state["augment"])
 
     def reset_rng(self) -> None:
-        pass
+        if self.augmenter is not None:
+            self.augmenter.reset()
 
 
 class ImageDistillHooks(ImageTrainHooks):
     """``DistillHooks`` for an image student: its own normalisation beside the teacher's, a teacher-output cache
-    (when inputs never change), one augmentation replayed on both networks, hint maps."""
+    (when inputs never change), one augmented batch seen by both networks, hint maps."""
 
     baseline_needs_teacher = False
 
@@ -217,7 +216,7 @@ class ImageDistillHooks(ImageTrainHooks):
 
     def cache_teacher(self, teacher: nn.Module, hint: bool) -> None:
         """Teacher outputs on every training image, computed once (augmentation off: the inputs never change)."""
-        if self.cache is not None or self.recipe.finetune.augment:
+        if self.cache is not None or self.augmenter is not None:
             return
         from ..train.distill import _capture
 
@@ -238,32 +237,19 @@ class ImageDistillHooks(ImageTrainHooks):
 
     def student_batches(self, batch_size: int, steps: int, teacher: nn.Module | None, hint: bool
                         ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
-        """Shuffled whole batches: student inputs, labels, and the teacher's logits and hint map for them."""
-        train, augmenting = self.splits.train, self.recipe.finetune.augment
+        """Shuffled whole batches: student inputs, labels (soft targets when mixed), and the teacher's logits and
+        hint map for them; augmented, the teacher sees the very images the student sees (its own normalisation)."""
         for rows in self._rows(batch_size, steps):
-            images = train.images[rows.numpy()]
-            labels = torch.from_numpy(train.labels[rows.numpy()])
-            inputs = torch.from_numpy(self.preprocess.normalize(images))
+            images, labels = self._train_rows(rows)
+            inputs = _channels_last(torch.from_numpy(self.preprocess.normalize(images)))
             if teacher is None:  # the baseline never asks the teacher
-                if augmenting:
-                    inputs = augment(inputs, max_shift=self.max_shift)
-                yield _channels_last(inputs), labels, None, None
-                continue
-            if not augmenting:
+                yield inputs, labels, None, None
+            elif self.augmenter is None:
                 cache = self.cache
-                yield _channels_last(inputs), labels, cache["logits"][rows], cache["hints"][rows] if hint else None
-                continue
-            # One flip and shift for both networks: draw it on the student's inputs, replay it on the
-            # teacher's (different normalisation) from the same RNG state.
-            rng = torch.get_rng_state()
-            inputs = augment(inputs, max_shift=self.max_shift)
-            after = torch.get_rng_state()
-            torch.set_rng_state(rng)
-            teacher_inputs = augment(torch.from_numpy(self.teacher_preprocess.normalize(images)),
-                                     max_shift=self.max_shift)
-            torch.set_rng_state(after)
-            teacher_logits, teacher_map = self._teacher_outputs(teacher, _channels_last(teacher_inputs), hint)
-            yield _channels_last(inputs), labels, teacher_logits, teacher_map
+                yield inputs, labels, cache["logits"][rows], cache["hints"][rows] if hint else None
+            else:
+                teacher_inputs = _channels_last(torch.from_numpy(self.teacher_preprocess.normalize(images)))
+                yield inputs, labels, *self._teacher_outputs(teacher, teacher_inputs, hint)
 
     def result_extra(self) -> dict[str, Any]:
         return {}

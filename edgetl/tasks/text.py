@@ -44,6 +44,9 @@ class TextClassification(Task):
             raise RecipeError("distill.hint_weight is for image students; set it to 0 for text models")
         if recipe.quantize.qat:
             raise RecipeError("quantize.qat is not available for text models yet; set quantize.qat = false")
+        if recipe.finetune.augment.enabled:
+            raise RecipeError("finetune.augment is image augmentation; set finetune.augment.enabled = false for text "
+                              "models")
 
     def load_splits(self, recipe, preprocess=None):
         from ..data import load_splits

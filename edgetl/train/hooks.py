@@ -44,7 +44,8 @@ class TrainHooks(Protocol):
     def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
                       ) -> Iterator[tuple[Any, ...]]:
         """One epoch of ``(inputs, labels, *extra rows)`` training batches; ``extra`` are per-sample tensors
-        (the teacher's cached logits) sliced to each batch."""
+        (the teacher's cached logits) sliced to each batch. ``labels``: int64 classes, or (N, classes) soft targets
+        when the task's augmentation mixed the batch (mixup, cutmix)."""
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """Logits of ``model`` for one batch of inputs."""
@@ -98,7 +99,7 @@ class DistillHooks(TrainHooks, Protocol):
     def student_batches(self, batch_size: int, steps: int, teacher: nn.Module | None, hint: bool
                         ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
         """One epoch of ``(student inputs, labels, teacher logits, teacher hint map)``; ``teacher`` None (the
-        ablation): no teacher outputs."""
+        ablation): no teacher outputs. Augmented, the teacher's outputs are for the same augmented batch."""
 
     def hint_adapter(self, student: nn.Module, teacher: nn.Module) -> nn.Module:
         """A module mapping the student's hint feature map to the teacher's (``distill.hint_weight`` > 0)."""

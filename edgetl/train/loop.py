@@ -28,7 +28,9 @@ def train_epoch(step: StepFn, batches: Iterable[tuple[torch.Tensor, ...]], optim
                 scheduler: Any, tick: Callable[[float, float], None]) -> tuple[float, float]:
     """One pass over ``(inputs, labels, *extra)`` batches with a per-step scheduler.
 
-    ``step(inputs, labels, *extra) -> (loss, logits)``. Returns mean loss and accuracy (percent).
+    ``step(inputs, labels, *extra) -> (loss, logits)``; ``labels`` are int64 classes (N,), or soft targets
+    (N, classes) for a batch that mixup or cutmix mixed (accuracy then counts each sample's largest share).
+    Returns mean loss and accuracy (percent).
     """
     loss_sum, correct, count = 0.0, 0, 0
     for inputs, labels, *extra in batches:
@@ -38,13 +40,13 @@ def train_epoch(step: StepFn, batches: Iterable[tuple[torch.Tensor, ...]], optim
         optimizer.step()
         scheduler.step()
         loss_sum, count = loss_sum + loss.item() * len(labels), count + len(labels)
-        correct += int((logits.detach().argmax(1) == labels).sum())
+        correct += int((logits.detach().argmax(1) == (labels if labels.ndim == 1 else labels.argmax(1))).sum())
         tick(loss_sum / count, 100.0 * correct / count)
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
 def cross_entropy_step(model: Callable[[torch.Tensor], torch.Tensor], label_smoothing: float) -> StepFn:
-    """The plain supervised step: cross-entropy with label smoothing."""
+    """The plain supervised step: cross-entropy with label smoothing (on class labels or soft targets alike)."""
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(inputs)
@@ -62,7 +64,8 @@ def accuracy(logits: torch.Tensor, labels: Any) -> float:
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor, *,
             temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """Hinton's distillation loss: soft targets at ``temperature`` (scaled by T^2) weighted ``alpha``,
-    cross-entropy on the labels weighted ``1 - alpha``. ``alpha = 0`` is plain cross-entropy.
+    cross-entropy on the labels weighted ``1 - alpha``. ``alpha = 0`` is plain cross-entropy. ``labels``: int64
+    classes or (N, classes) soft targets (mixup, cutmix); label smoothing applies to either.
 
     The T^2 factor keeps the soft-target gradients the same size whatever the temperature.
     """
