@@ -72,6 +72,13 @@ class DataConfig:
     # text-file source: the column (CSV/TSV header) or field (JSONL) holding the text, and the one holding the label
     text_column: str = checked("text", not_empty)
     label_column: str = "label"  # "": the texts have no labels (a model.source is then held to agreement only)
+    # Image folders are read from disk as training asks for them, not loaded whole: decoded (resized) images are
+    # kept in a cache of at most cache_mb, and decoded in `workers` DataLoader processes while training (0: in the
+    # training process itself). A file that is not a readable image is skipped, named, and counted in the run
+    # summary; "error" stops the run at the first one instead.
+    on_bad_file: Literal["skip", "error"] = "skip"
+    cache_mb: int = ranged(1024, ge=0, note="0 = no cache: decode every time")
+    workers: int = ranged(0, ge=0)
 
 
 def _crop_scale(value: list[float]) -> str | None:

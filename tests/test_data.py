@@ -69,7 +69,28 @@ def test_corrupt_image_names_the_file(tmp_path, tiny_preprocess):
     root = _image_folder(tmp_path / "photos")
     (root / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
-        folder_splits(DataConfig(source="folder", path=str(root)), tiny_preprocess)
+        folder_splits(DataConfig(source="folder", path=str(root), on_bad_file="error"), tiny_preprocess)
+
+
+def test_corrupt_image_is_skipped_and_named_by_default(tmp_path, tiny_preprocess):
+    root = _image_folder(tmp_path / "photos")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    splits = folder_splits(DataConfig(source="folder", path=str(root)), tiny_preprocess)
+    assert [s.path for s in splits.skipped] == [str(root / "dog" / "broken.png")]
+    assert sum(splits.sizes().values()) == 12  # the six cats and six dogs, without the broken file
+    files = [f for part in (splits.train, splits.val, splits.test) for f in part.images.files]
+    assert str(root / "dog" / "broken.png") not in files
+
+
+def test_image_folder_splits_are_files_decoded_on_demand(tmp_path, tiny_preprocess):
+    from edgetl.data import ImageFiles
+
+    root = _image_folder(tmp_path / "photos")
+    splits = folder_splits(DataConfig(source="folder", path=str(root), cache_mb=0), tiny_preprocess)
+    for part in (splits.train, splits.val, splits.test):
+        assert isinstance(part.images, ImageFiles) and part.images.shape == (len(part), 32, 32, 3)
+        for row, path in enumerate(part.images.files):
+            assert np.array_equal(part.images[row], tiny_preprocess.resize_image(path))
 
 
 def test_folder_with_one_class_or_empty_class_is_refused(tmp_path):

@@ -1,13 +1,15 @@
-"""In-memory labelled images and deterministic train/val/test splits."""
+"""Labelled images (in memory, or image files decoded on demand: ``ImageFiles``) and deterministic
+train/val/test splits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import DataError
-
+from .file_check import SkippedFile
+from .image_files import ImageFiles
 
 UNLABELLED = -1  # the label of every sample of an unlabelled set (images straight in a folder)
 
@@ -43,19 +45,24 @@ class Labeled:
 
 @dataclass
 class LabeledImages(Labeled):
-    """uint8 images (N, H, W, C) with int64 labels and the class names they index."""
+    """uint8 images (N, H, W, C) with int64 labels and the class names they index. ``images`` is an array in
+    memory, or ``ImageFiles`` (an image folder: decoded on demand, indexed like the array)."""
 
-    images: np.ndarray
+    images: np.ndarray | ImageFiles
     labels: np.ndarray
     classes: list[str]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.images, (np.ndarray, ImageFiles)):
+            raise DataError(f"images must be a uint8 array (N, H, W, C) or ImageFiles, got {type(self.images).__name__}")
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise DataError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
         self._check_labels(len(self.images), "images")
 
     def subset(self, indices: np.ndarray) -> "LabeledImages":
-        return LabeledImages(self.images[indices], self.labels[indices], self.classes)
+        """The rows ``indices``; image files stay files (a lazy view sharing their cache)."""
+        images = self.images.subset(indices) if isinstance(self.images, ImageFiles) else self.images[indices]
+        return LabeledImages(images, self.labels[indices], self.classes)
 
 
 @dataclass
@@ -63,6 +70,9 @@ class Splits:
     train: LabeledImages
     val: LabeledImages
     test: LabeledImages
+    # Files of an image folder left out because they are not readable images (data.on_bad_file = "skip");
+    # ``edgetl.data.describe_skipped`` words them for the run's log.
+    skipped: list[SkippedFile] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:

@@ -1,17 +1,21 @@
-"""Image data sources, registered by name: ``fashion-mnist`` (IDX files) and ``folder`` (one sub-folder per
-class). The text sources are in ``text.py``."""
+"""Image data sources, registered by name: ``fashion-mnist`` (IDX files, small: decoded into memory) and ``folder``
+(one sub-folder per class: files checked when listed, decoded on demand). The text sources are in ``text.py``."""
 
 from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError, RecipeError
 from ..preprocess.image import IMAGE_SUFFIXES
 from .dataset import UNLABELLED, LabeledImages, Splits, split_stratified, stratified_indices
+from .file_check import SkippedFile, check_files
+from .image_files import DecodedCache, ImageFiles
 from .registry import SOURCES
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -136,27 +140,58 @@ def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
 
 @SOURCES.register("folder")
 def folder_splits(config, preprocess) -> Splits:
-    """One sub-folder per class; val and test split off deterministically (or read from train/val/test)."""
+    """One sub-folder per class; val and test split off deterministically (or read from train/val/test). The
+    images stay files, decoded on demand (``ImageFiles``, one cache of ``data.cache_mb`` for all splits); files
+    that fail the listing check are skipped and named in ``Splits.skipped`` (``data.on_bad_file``)."""
     if not config.path:
         raise RecipeError("data.path: the folder source needs a path to a folder with one sub-folder per class")
     root = Path(config.path)
+    reader = FolderReader(preprocess, config.on_bad_file, DecodedCache.of_mb(config.cache_mb))
     if all((root / part).is_dir() for part in ("train", "test")):
-        train_val = _load_folder(root / "train", preprocess)
-        test = _load_folder(root / "test", preprocess, train_val.classes)
+        train_val = reader.load(root / "train")
+        test = reader.load(root / "test", train_val.classes)
         if (root / "val").is_dir():
-            return Splits(train_val, _load_folder(root / "val", preprocess, train_val.classes), test)
+            return Splits(train_val, reader.load(root / "val", train_val.classes), test, reader.skipped)
         train, val = split_stratified(train_val, config.val_fraction, config.seed)
-        return Splits(train, val, test)
-    data = _load_folder(root, preprocess)
+        return Splits(train, val, test, reader.skipped)
+    data = reader.load(root)
     rest, test = split_stratified(data, config.test_fraction, config.seed)
     train, val = split_stratified(rest, config.val_fraction / (1 - config.test_fraction), config.seed + 1)
-    return Splits(train, val, test)
+    return Splits(train, val, test, reader.skipped)
+
+
+@dataclass
+class FolderReader:
+    """Reads image folders with one preprocessing: lists and checks the files (``check_files``), keeps the
+    readable ones as ``ImageFiles`` sharing ``cache``, and collects the skipped ones in ``skipped``."""
+
+    preprocess: Any
+    on_bad_file: str = "skip"
+    cache: DecodedCache = field(default_factory=lambda: DecodedCache.of_mb(1024))
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def load(self, root: Path, expected_classes: list[str] | None = None) -> LabeledImages:
+        files, labels, classes = scan_image_folder(root)
+        if expected_classes is not None and classes != expected_classes:
+            raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}; give it "
+                            "the same class sub-folders")
+        passed, skipped = check_files(files, self.on_bad_file)
+        if skipped:
+            self.skipped += skipped
+            files, labels = [f for f, ok in zip(files, passed) if ok], labels[passed]
+            _require_readable(root, labels, classes, len(skipped))
+        return LabeledImages(ImageFiles(files, self.preprocess, cache=self.cache), labels, classes)
+
+
+def _require_readable(root: Path, labels: np.ndarray, classes: list[str], skipped: int) -> None:
+    """A DataError when skipping left a class (or an unlabelled folder) without a single readable image."""
+    empty = [name for label, name in enumerate(classes) if not (labels == label).any()]
+    if empty or not len(labels):
+        where = root / empty[0] if empty else root
+        raise DataError(f"{where} has no readable images ({skipped} unreadable file(s) skipped in {root}); replace "
+                        "them with valid PNG/JPEG files")
 
 
 def _load_folder(root: Path, preprocess, expected_classes: list[str] | None = None) -> LabeledImages:
-    files, labels, classes = scan_image_folder(root)
-    if expected_classes is not None and classes != expected_classes:
-        raise DataError(f"{root} has classes {classes} but the training folder has {expected_classes}; give it the "
-                        "same class sub-folders")
-    return LabeledImages(np.stack([preprocess.resize_image(path) for path in files]), labels, classes)
-
+    """One image folder with the default settings (unreadable files skipped, a 1 GB cache)."""
+    return FolderReader(preprocess).load(root, expected_classes)

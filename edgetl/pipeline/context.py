@@ -43,7 +43,12 @@ class RunContext:
 
     @cached_property
     def splits(self):
-        return self.origin.splits(self)
+        from ..data import describe_skipped
+
+        splits = self.origin.splits(self)
+        for line in describe_skipped(getattr(splits, "skipped", [])):
+            self.log(line)
+        return splits
 
     # -- layout ---------------------------------------------------------------------------------
     @property

@@ -150,7 +150,7 @@ class Imported:
         splits = ctx.task.load_splits(ctx.recipe, self.preprocess_of(ctx, meta, ctx.model_dir(TEACHER)))
         labels = meta["classes"]
         if ctx.task.output != "logits":  # vectors or values, not classes: labels in the data are not used
-            return type(splits)(*(_unlabelled(split) for split in (splits.train, splits.val, splits.test)))
+            return _each(splits, _unlabelled)
         if not splits.train.labelled:
             ctx.log(f"data: no labels: accuracy is not measured; every variant is held to its agreement with the "
                     f"source model on the {ctx.task.samples}")
@@ -158,8 +158,7 @@ class Imported:
             if not names:
                 raise EdgetlError("the model's output size is dynamic and neither it, model.labels nor the data "
                                   "names its classes; give model.labels (--labels)")
-            return type(splits)(*(dataclasses.replace(split, classes=names)
-                                  for split in (splits.train, splits.val, splits.test)))
+            return _each(splits, lambda split: dataclasses.replace(split, classes=names))
         if labels is None:
             if meta["num_classes"] is not None and len(splits.classes) != meta["num_classes"]:
                 raise EdgetlError(f"the data has {len(splits.classes)} classes but the model has {meta['num_classes']} "
@@ -169,8 +168,8 @@ class Imported:
                     "(--labels) if the model orders them otherwise")
             return splits
         mapping = match_labels(splits.classes, labels)
-        return type(splits)(*(dataclasses.replace(split, labels=np_take(mapping, split.labels), classes=labels)
-                              for split in (splits.train, splits.val, splits.test)))
+        return _each(splits, lambda split: dataclasses.replace(split, labels=np_take(mapping, split.labels),
+                                                               classes=labels))
 
     def _meta(self, ctx) -> dict[str, Any]:
         record = ctx.model_dir(TEACHER) / SOURCE_META
@@ -253,6 +252,11 @@ class Imported:
         return {"source_model": f"{name} (sha256 {meta['source_sha256'][:16]})",
                 "weights_license": "the source model's own (edgetl did not train it)",
                 "test_accuracy": self.summary(ctx, meta)["test_accuracy"]}
+
+
+def _each(splits, change):
+    """``splits`` with ``change`` applied to each of train, val and test (what else they carry kept)."""
+    return dataclasses.replace(splits, train=change(splits.train), val=change(splits.val), test=change(splits.test))
 
 
 def _unlabelled(split):

@@ -46,6 +46,7 @@ def _run(ctx: RunContext) -> dict[str, Any]:
         **ctx.origin.summary(ctx, finetuned),
         **ctx.task.summary(ctx),
         "distill": distill_summary(distilled),
+        "skipped_files": [f.path for f in getattr(ctx.splits, "skipped", [])],  # unreadable, named in the log
         "variants": summary_rows(validation, benchmarks, decisions),
         "decisions": decisions,
         "default_artifact": shipped.default_artifact,

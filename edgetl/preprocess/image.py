@@ -96,6 +96,7 @@ class ImagePreprocess:
     # -- stage 2: uint8 NHWC batch -> normalised float32 NCHW --------------------------
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """uint8 batch (N, H, W, C) -> float32 (N, C, H, W), scaled and normalised."""
+        batch = np.asarray(batch)  # an edgetl.data.ImageFiles view decodes here
         if batch.ndim != 4:
             raise DataError(f"expected a batch of shape (N, H, W, C), got {batch.shape}")
         if batch.shape[-1] == 1 and self.channels == 3:

@@ -76,12 +76,18 @@ class ImageClassification(Task):
                                 "with the task's own preprocessing (edgetl.tasks.get_task(recipe).load_splits)")
 
     def fingerprint(self, splits) -> str:
-        """sha256 of the data actually passed in: classes, and every split's pixels and labels (a photo edited in
-        place changes it; about 1 s per GB of decoded pixels)."""
+        """sha256 of the data actually passed in: classes, and every split's images and labels (a photo edited in
+        place changes it). Images in memory are hashed as pixels (about 1 s per GB); image files (``ImageFiles``)
+        as their bytes and the preprocessing that makes their pixels, so nothing is decoded."""
+        from ..data import ImageFiles
+
         digest = hashlib.sha256(repr(splits.classes).encode())
         for split in (splits.train, splits.val, splits.test):
             digest.update(repr(split.images.shape).encode())
-            digest.update(np.ascontiguousarray(split.images).data)
+            if isinstance(split.images, ImageFiles):
+                split.images.update_digest(digest)
+            else:
+                digest.update(np.ascontiguousarray(split.images).data)
             digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).data)
         return digest.hexdigest()
 

@@ -113,18 +113,22 @@ class ImageTrainHooks:
     def _rows(self, batch_size: int, steps: int) -> list[torch.Tensor]:
         return torch.randperm(len(self.splits.train))[: steps * batch_size].split(batch_size)
 
-    def _train_rows(self, rows: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """The uint8 images and labels of ``rows`` of the training split, augmented when the recipe says so (the
-        labels then soft targets if mixup or cutmix mixed them)."""
+    def _train_batches(self, batch_size: int, steps: int) -> Iterator[tuple[torch.Tensor, np.ndarray, torch.Tensor]]:
+        """(rows, uint8 images, labels) of ``steps`` shuffled training batches, decoded in ``data.workers``
+        processes for images read from files, augmented when the recipe says so (the labels then soft targets if
+        mixup or cutmix mixed them)."""
+        from ..train.image_loader import decoded_batches
+
         train = self.splits.train
-        images, labels = train.images[rows.numpy()], torch.from_numpy(train.labels[rows.numpy()])
-        return (images, labels) if self.augmenter is None else self.augmenter(images, labels)
+        for rows, images in decoded_batches(train.images, self._rows(batch_size, steps),
+                                            workers=self.recipe.data.workers):
+            labels = torch.from_numpy(train.labels[rows.numpy()])
+            yield (rows, images, labels) if self.augmenter is None else (rows, *self.augmenter(images, labels))
 
     def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
                       ) -> Iterator[tuple[Any, ...]]:
         """``steps`` shuffled, (if the recipe says so) augmented and normalised training batches."""
-        for rows in self._rows(batch_size, steps):
-            images, labels = self._train_rows(rows)
+        for rows, images, labels in self._train_batches(batch_size, steps):
             batch = torch.from_numpy(self.preprocess.normalize(images))
             yield (_channels_last(batch), labels, *(t[rows] for t in extra))
 
@@ -167,7 +171,9 @@ class ImageDistillHooks(ImageTrainHooks):
 
     def __init__(self, recipe: Recipe, splits: Splits, teacher_preprocess: ImagePreprocess):
         student = recipe.distill.student
-        super().__init__(recipe, splits, student, get_spec(student).preprocess(recipe.model.image_size),
+        from .image import recipe_preprocess
+
+        super().__init__(recipe, splits, student, recipe_preprocess(recipe, student),
                          eval_batch_size=2 * recipe.distill.batch_size)
         self.teacher_preprocess = teacher_preprocess
         self.student_name = student
@@ -239,8 +245,7 @@ class ImageDistillHooks(ImageTrainHooks):
                         ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
         """Shuffled whole batches: student inputs, labels (soft targets when mixed), and the teacher's logits and
         hint map for them; augmented, the teacher sees the very images the student sees (its own normalisation)."""
-        for rows in self._rows(batch_size, steps):
-            images, labels = self._train_rows(rows)
+        for rows, images, labels in self._train_batches(batch_size, steps):
             inputs = _channels_last(torch.from_numpy(self.preprocess.normalize(images)))
             if teacher is None:  # the baseline never asks the teacher
                 yield inputs, labels, None, None
