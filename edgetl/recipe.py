@@ -123,6 +123,9 @@ def check_names(recipe: Recipe) -> None:
             FORMATS.get(fmt, key=f"{section}.formats[{i}]")
     check_source(recipe)
     task.check_recipe(recipe)
+    from .pipeline.transfer import check_scratch
+
+    check_scratch(recipe)
 
 
 def check_source(recipe: Recipe) -> None:

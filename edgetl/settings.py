@@ -120,6 +120,9 @@ class FinetuneConfig:
     patience: int = ranged(2, ge=0, note="0 = no early stop")  # epochs without val improvement before a stage stops
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training batches only (edgetl.train.augment)
     threads: int = ranged(0, ge=0, note="0 = torch's default")
+    # Also train the same backbone from random weights (model.weights = "none") on the same budget, every layer from
+    # the start, into runs/<name>/scratch/: the run then says whether fine-tuning beat it (negative transfer)
+    scratch_baseline: bool = False
 
 
 @dataclass

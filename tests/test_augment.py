@@ -390,7 +390,9 @@ class _Recorder(torch.nn.Module):
 def test_the_teacher_sees_the_students_augmented_images():
     r = recipe(*ON, "distill.student='tiny_convnet'")
     teacher_preprocess = ImagePreprocess(32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    hooks = ImageDistillHooks(r, splits(), teacher_preprocess)
+    from edgetl.tasks.image import recipe_preprocess
+
+    hooks = ImageDistillHooks(r, splits(), teacher_preprocess, recipe_preprocess(r, "tiny_convnet"))
     teacher = _Recorder()
     hooks.cache_teacher(teacher, hint=False)
     assert hooks.cache is None and teacher.inputs == []  # augmented inputs change every epoch: nothing cached

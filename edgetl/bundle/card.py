@@ -18,7 +18,7 @@ from .manifest import BundlePreprocess
 
 # Card keys with their own place in the README; other keys go under "Other results" or "Other details".
 _CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_license", "weights_license", "intended_use",
-                "limitations", "exporter"}
+                "limitations", "exporter", "transfer"}
 _SIX_DECIMALS = {"mean_cosine", "min_cosine"}
 _LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median_ms", "mean_ms", "p90_ms", "p99_ms",
                  "throughput", "peak_rss_mb")
@@ -127,6 +127,7 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
     lines += ["", f"## {wording.heading}", "", wording.intro, ""]
     lines += _table(["Artifact", "Format", "Runtime", *(header for header, _ in columns_shown), "Gate"], accuracy)
     lines += ["", *(f"- {key}: {_fmt(value)}" for key, value in results.items())] if results else []
+    lines += _transfer_lines(card.get("transfer"))
     lines += ["", "## Latency", ""]
     lines += _table(columns, [[row.get(c) for c in columns] for row in latency]) if latency else [
         "No benchmark recorded; `edgetl bench` measures these artifacts on your targets."]
@@ -148,6 +149,25 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
     ]
     lines += ["", "## Other details", "", *_table(["", ""], other)] if other else []
     return "\n".join(lines) + "\n"
+
+
+def _transfer_lines(transfer: dict[str, Any] | None) -> list[str]:
+    """The "Transfer learning" section: the fine-tuned backbone against a linear probe on its frozen pre-trained
+    features and against the same backbone trained from random weights, with the run's verdict (none: a model
+    edgetl did not fine-tune)."""
+    if not transfer:
+        return []
+    scratch = transfer.get("scratch")
+    rows = [["Linear probe (a new head on the frozen pre-trained features)", transfer.get("probe")],
+            ["Fine-tuned pre-trained backbone", transfer["finetuned"]],
+            ["Same backbone trained from random weights, same budget",
+             scratch if scratch is not None else "not trained (finetune.scratch_baseline = false)"]]
+    verdict = transfer["verdict"]
+    intro = ("Did starting from pre-trained weights pay? Test accuracy of the fine-tuned backbone against two "
+             "baselines on the same held-out data.")
+    return ["", "## Transfer learning", "", intro, "",
+            *_table(["", "Test accuracy %"], rows), "",
+            f"**Verdict: {verdict}.**" if transfer.get("negative_transfer") else f"Verdict: {verdict}."]
 
 
 def _bench_rows(benchmark: Any) -> list[dict[str, Any]]:

@@ -77,6 +77,7 @@ def print_run(summary: dict) -> None:
     if "probe_test_accuracy" in summary:
         out.print(f"linear probe {summary['probe_test_accuracy']:.2f}% -> fine-tuned {summary['test_accuracy']:.2f}% "
                   "test accuracy")
+        print_transfer(summary.get("transfer"))
     else:
         accuracy = summary["test_accuracy"]
         measured = f"{accuracy:.2f}% test accuracy" if accuracy is not None else "accuracy not measured (no labels)"
@@ -85,6 +86,17 @@ def print_run(summary: dict) -> None:
         print_distill(summary["distill"])
     out.print(f"bundle: {summary['bundle']}  ({summary['archive']}), default artifact {summary['default_artifact']}, "
               f"in {summary['seconds']:.0f} s")
+
+
+def print_transfer(transfer: dict | None) -> None:
+    """The negative-transfer check: the from-scratch baseline (when trained) and the verdict, flagged when
+    fine-tuning lost to a baseline."""
+    if not transfer:
+        return
+    if transfer.get("scratch") is not None:
+        out.print(f"from scratch (random weights, same budget) {transfer['scratch']:.2f}% test accuracy", highlight=False)
+    mark = "[bold red]transfer:[/]" if transfer["negative_transfer"] else "transfer:"
+    out.print(f"{mark} {escape(transfer['verdict'])}", highlight=False, soft_wrap=True)
 
 
 def print_distill(result: dict) -> None:

@@ -66,10 +66,18 @@ def optimize(
 
 
 def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Transfer learning: linear probe on the frozen backbone, then staged unfreezing."""
+    """Transfer learning: linear probe on the frozen backbone, then staged unfreezing (and, with
+    finetune.scratch_baseline, the same backbone from random weights to compare with)."""
+    from ..pipeline.stages import scratch_stage
+    from ..pipeline.transfer import check_scratch, transfer_of
+    from .console import print_transfer
+
     stages, ctx = stages_context(recipe, set_, quiet)
+    check_scratch(ctx.recipe)  # before the teacher trains
     result = stages.finetune_stage(ctx)
+    scratch_stage(ctx)
     out.print(f"linear probe {result.probe_test_accuracy:.2f}% -> fine-tuned {result.test_accuracy:.2f}% test accuracy")
+    print_transfer(transfer_of(ctx))
 
 
 def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:

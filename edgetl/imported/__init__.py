@@ -6,7 +6,7 @@
 torch-free and imports its runtime lazily.
 """
 
-from . import factory, hf, program  # noqa: F401  (register the torch-factory, Hugging Face and .pt2 formats)
+from . import factory, hf, hf_image, program  # noqa: F401  (register the formats and the Hugging Face image head)
 from .labels import match_labels, read_labels
 from .model import SOURCE_FORMATS, SourceModel, read_source
 

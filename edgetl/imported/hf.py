@@ -261,7 +261,6 @@ HEADS.register("embedding", Head(
     "embedding", "text-embedding", "", _read_encoder, embedder, _token_example, _TOKEN_AXES, output="embeddings",
     what="encoder with its pooling"))
 
-from . import hf_image  # noqa: F401  (registers the image-classification head; it uses the helpers above)
 
 HF_FOLDER = SOURCE_FORMATS.register("hf", SourceFormat(
     "hf", (), _read, _copy, "model", "torch:cpu", ("onnx", "openvino"), reference=reference_model, to_onnx=_to_onnx,

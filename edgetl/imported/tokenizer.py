@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_path
 from ..errors import BackendUnavailable, RecipeError
-from .model import SourceModel
+
+if TYPE_CHECKING:
+    from .model import SourceModel
 
 # A tokenizer_config.json's model_max_length above this is transformers' "no limit" placeholder (1e30), not a limit
 SANE_LENGTH = 8192

@@ -23,11 +23,11 @@ from .select import distill_summary, select, summary_rows
 from .ship import ship_stage
 from .stages import (
     bench_stage, contract_stage, distill_stage, export_stage, finetune_stage, qat_stage, quantize_stage,
-    validate_artifact, validate_stage,
+    scratch_stage, validate_artifact, validate_stage,
 )
 
 __all__ = [
     "Planned", "RunContext", "bench_stage", "contract_stage", "distill_stage", "distill_summary", "export_stage",
-    "finetune_stage", "lock", "made", "plan", "qat_stage", "quantize_stage", "run", "select", "ship_stage",
-    "summary_rows", "validate_artifact", "validate_stage",
+    "finetune_stage", "lock", "made", "plan", "qat_stage", "quantize_stage", "run", "scratch_stage", "select",
+    "ship_stage", "summary_rows", "validate_artifact", "validate_stage",
 ]

@@ -37,18 +37,22 @@ class Trained:
 
     def teacher(self, ctx):
         from .._io import write_text
+        from .transfer import without_scratch
 
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(ctx.run_dir / "recipe.toml", ctx.recipe.to_toml())
         ctx.log(f"data: {ctx.recipe.data.source} {ctx.splits.sizes()}, {len(ctx.splits.classes)} classes "
                 f"({ctx.task.name})")
-        return ctx.task.finetune(ctx.recipe, ctx.splits, ctx.model_dir(TEACHER), progress=ctx.progress, log=ctx.log)
+        return ctx.task.finetune(without_scratch(ctx.recipe), ctx.splits, ctx.model_dir(TEACHER),
+                                 progress=ctx.progress, log=ctx.log)
 
     def student(self, ctx):
+        from .transfer import without_scratch
+
         if not ctx.recipe.distill.enabled:
             return None
         teacher, _ = ctx.model(TEACHER)
-        return ctx.task.distill(ctx.recipe, ctx.splits, teacher, ctx.model_dir(STUDENT),
+        return ctx.task.distill(without_scratch(ctx.recipe), ctx.splits, teacher, ctx.model_dir(STUDENT),
                                 teacher_dir=ctx.model_dir(TEACHER), progress=ctx.progress, log=ctx.log)
 
     def checkpoint_files(self, ctx, folder: Path) -> list[Path]:
@@ -70,17 +74,22 @@ class Trained:
         return ctx.task.export(ctx, model_key, fmt, folder, source)
 
     def summary(self, ctx, teacher_result) -> dict[str, Any]:
+        """The fine-tune's accuracies, and ``transfer``: fine-tuning against the probe and the scratch baseline."""
+        from .transfer import transfer_of
+
         return {"probe_test_accuracy": teacher_result.probe_test_accuracy,
-                "test_accuracy": teacher_result.test_accuracy}
+                "test_accuracy": teacher_result.test_accuracy, "transfer": transfer_of(ctx)}
 
     def provenance(self, ctx) -> dict[str, str] | None:
         """What the bundle's manifest says the model came from beyond the recipe and data: nothing here."""
         return None
 
     def card(self, ctx) -> dict[str, Any]:
+        from .transfer import transfer_of
+
         finetuned = read_json(ctx.model_dir(TEACHER) / "result.json")
         return {"test_accuracy": finetuned.get("test_accuracy"),
-                "probe_test_accuracy": finetuned.get("probe_test_accuracy")}
+                "probe_test_accuracy": finetuned.get("probe_test_accuracy"), "transfer": transfer_of(ctx)}
 
 
 class Imported:

@@ -1,4 +1,5 @@
-"""``run(recipe)``: finetune -> distill -> export -> quantize -> validate -> bench -> select -> ship, for any task."""
+"""``run(recipe)``: finetune (-> scratch baseline) -> distill -> export -> quantize -> validate -> bench -> select ->
+ship, for any task."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from .context import RunContext
 from .lock import run_lock
 from .select import distill_summary, select, summary_rows
 from .ship import ship_stage
-from .stages import bench_stage, distill_stage, export_stage, finetune_stage, quantize_stage, validate_stage
+from .stages import (
+    bench_stage,
+    distill_stage,
+    export_stage,
+    finetune_stage,
+    quantize_stage,
+    scratch_stage,
+    validate_stage,
+)
+from .transfer import check_scratch
 
 
 def run(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -32,7 +42,10 @@ def _run(ctx: RunContext) -> dict[str, Any]:
         stage_seconds[name] = round(time.perf_counter() - began, 1)
         return result
 
+    check_scratch(recipe)  # before the teacher trains
     finetuned = timed("finetune", finetune_stage, ctx)
+    if recipe.finetune.scratch_baseline:
+        timed("scratch", scratch_stage, ctx)
     distilled = timed("distill", distill_stage, ctx)
     timed("export", export_stage, ctx)
     timed("quantize", quantize_stage, ctx)

@@ -1,5 +1,6 @@
 """The stages, each callable alone (``edgetl finetune``, ``edgetl validate``, ...) and chained by ``run``:
-finetune -> distill -> export -> quantize -> validate (shape contract, then the shared check) -> bench.
+finetune (and, with ``finetune.scratch_baseline``, the same backbone from scratch) -> distill -> export -> quantize ->
+validate (shape contract, then the shared check) -> bench.
 
 Every stage works for every task: what differs comes from ``ctx.task``. Records are reused while their key (the
 checkpoint and the recipe sections they depend on) is unchanged.
@@ -16,6 +17,7 @@ from ..tasks import STUDENT, TEACHER
 from .artifacts import ensure, made, qat
 from .context import RunContext, is_fresh
 from .plan import Planned
+from .transfer import train_scratch, without_scratch
 
 CONTRACT_FILE = "contract.json"
 CONTRACT_VERSION = 2  # in the contract record's key: a change of measure re-runs the contract
@@ -25,6 +27,13 @@ def finetune_stage(ctx: RunContext):
     """The teacher: fine-tuned from the recipe's backbone (linear probe, then staged unfreezing), or the user's
     ``model.source`` imported into the run (``ctx.origin``)."""
     return ctx.origin.teacher(ctx)
+
+
+def scratch_stage(ctx: RunContext):
+    """The from-scratch baseline (``finetune.scratch_baseline``): the recipe's backbone from random weights on the
+    fine-tune's budget, in ``runs/<name>/scratch/``; its FinetuneResult, or None when the switch is off
+    (``edgetl.pipeline.transfer``)."""
+    return train_scratch(ctx)
 
 
 def distill_stage(ctx: RunContext):
@@ -59,7 +68,7 @@ def contract_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
             continue
         record = ctx.artifact_dir(artifact) / CONTRACT_FILE
         key = {"checkpoint": ctx.checkpoint_hash(artifact.model), "contract": CONTRACT_VERSION,
-               "recipe": ctx.recipe.section_hash("export", "quantize", *ctx.task.sections)}
+               "recipe": without_scratch(ctx.recipe).section_hash("export", "quantize", *ctx.task.sections)}
         if is_fresh(record, key):
             results[artifact.name] = read_json(record)["contract"]
             continue
@@ -157,7 +166,7 @@ def bench_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     for artifact in made(ctx):
         record = ctx.artifact_dir(artifact) / "benchmark.json"
         key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
-               "recipe": ctx.recipe.section_hash("export", "quantize", "bench", *ctx.task.sections)}
+               "recipe": without_scratch(ctx.recipe).section_hash("export", "quantize", "bench", *ctx.task.sections)}
         if is_fresh(record, key):
             results[artifact.name] = read_json(record)["result"]
             continue

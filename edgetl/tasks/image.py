@@ -111,7 +111,8 @@ class ImageClassification(Task):
         self.check_splits(splits, recipe.model.image_size)
         sections = ("distill", *self.sections)
         key = {"recipe": recipe.section_hash(*sections), "data": self.fingerprint(splits), "teacher": model_hash(teacher)}
-        hooks = ImageDistillHooks(recipe, splits, self.teacher_preprocess(recipe))
+        hooks = ImageDistillHooks(recipe, splits, self.teacher_preprocess(recipe),
+                                  recipe_preprocess(recipe, recipe.distill.student))
         return run_distill(recipe, hooks, teacher, out_dir, key, sections=sections, progress=progress,
                            checkpoint=str(out_dir / CHECKPOINT_FILE))
 

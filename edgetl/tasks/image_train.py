@@ -169,12 +169,10 @@ class ImageDistillHooks(ImageTrainHooks):
 
     baseline_needs_teacher = False
 
-    def __init__(self, recipe: Recipe, splits: Splits, teacher_preprocess: ImagePreprocess):
+    def __init__(self, recipe: Recipe, splits: Splits, teacher_preprocess: ImagePreprocess,
+                 student_preprocess: ImagePreprocess):
         student = recipe.distill.student
-        from .image import recipe_preprocess
-
-        super().__init__(recipe, splits, student, recipe_preprocess(recipe, student),
-                         eval_batch_size=2 * recipe.distill.batch_size)
+        super().__init__(recipe, splits, student, student_preprocess, eval_batch_size=2 * recipe.distill.batch_size)
         self.teacher_preprocess = teacher_preprocess
         self.student_name = student
         self.baseline_needs_teacher = recipe.distill.init_from_teacher
