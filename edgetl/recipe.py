@@ -108,12 +108,19 @@ def check_names(recipe: Recipe) -> None:
     """Every registry name in the recipe is registered (task, data source, quantize methods, export and ship
     formats), then the task's own checks (``Task.check_recipe``: e.g. which backbones and students fit it)."""
     from .data import SOURCES
+    from .data.registry import SOURCE_KINDS
     from .export import FORMATS
     from .quantize import QUANTIZERS
     from .tasks import TASKS
 
     task = TASKS.get(recipe.model.task, key="model.task")
     SOURCES.get(recipe.data.source, key="data.source")
+    held = SOURCE_KINDS.get(recipe.data.source)
+    if held is not None and held != task.kind:
+        data = f"{recipe.data.path or recipe.data.source!r} ({recipe.data.source}) holds {held}s"
+        raise RecipeError(f"model.task {task.name} takes {task.samples}, but data {data}; give "
+                          f"{'an image folder' if task.kind == 'image' else 'a .csv/.tsv/.jsonl text file'} as the "
+                          f"data, or set model.task to match the model")
     if not recipe.model.source:  # a source's own format checks model.weights (a factory's state dict)
         check_weights(recipe.model.weights, hub_ids=task.kind == "text")
     for i, method in enumerate(recipe.quantize.methods):

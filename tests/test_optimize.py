@@ -392,3 +392,6 @@ def test_optimize_flags_become_recipe_fields_and_names_come_from_the_model(user_
     assert _spec_stem("mypkg.nets:make_net") == "make_net"
     with pytest.raises(RecipeError, match="does not exist"):
         optimize_overrides("no-such-model.onnx", "photos")
+    (user_files / "texts.csv").write_text("text\nhello\n")
+    with pytest.raises(RecipeError, match="takes images, but data .* holds texts; give an image folder"):
+        load_recipe(None, optimize_overrides("model.onnx", "texts.csv", mean=[0.5] * 3, std=[0.5] * 3))

@@ -16,7 +16,7 @@ from ..preprocess.image import IMAGE_SUFFIXES
 from .dataset import UNLABELLED, LabeledImages, Splits, split_stratified, stratified_indices
 from .file_check import SkippedFile, check_files
 from .image_files import DecodedCache, ImageFiles
-from .registry import SOURCES
+from .registry import source
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
@@ -86,7 +86,7 @@ def read_fashion_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray
     return images, labels.astype(np.int64)
 
 
-@SOURCES.register("fashion-mnist")
+@source("fashion-mnist", "image")
 def fashion_mnist_splits(config, preprocess) -> Splits:
     """Train/val from the official training set (stratified subset), test from the official test set."""
     folder = find_fashion_mnist(config.path or None)
@@ -138,7 +138,7 @@ def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-@SOURCES.register("folder")
+@source("folder", "image")
 def folder_splits(config, preprocess) -> Splits:
     """One sub-folder per class; val and test split off deterministically (or read from train/val/test). The
     images stay files, decoded on demand (``ImageFiles``, one cache of ``data.cache_mb`` for all splits); files

