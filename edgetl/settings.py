@@ -120,6 +120,12 @@ class FinetuneConfig:
     patience: int = ranged(2, ge=0, note="0 = no early stop")  # epochs without val improvement before a stage stops
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training batches only (edgetl.train.augment)
     threads: int = ranged(0, ge=0, note="0 = torch's default")
+    # Fine-tuning and distillation (edgetl.train.parallel, Hugging Face accelerate): "bf16" autocasts the training
+    # passes (CPU, or a GPU that has bf16), "fp16" too with loss scaling (GPU only; fp32 on CPU, said), "no" = fp32.
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # Each process's share of a batch is run as this many micro-batches whose gradients add up before one step:
+    # the same step in less memory. batch_size stays what one step sees, whatever the processes and accumulation.
+    grad_accumulation: int = ranged(1, ge=1)
     # Also train the same backbone from random weights (model.weights = "none") on the same budget, every layer from
     # the start, into runs/<name>/scratch/: the run then says whether fine-tuning beat it (negative transfer)
     scratch_baseline: bool = False

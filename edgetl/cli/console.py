@@ -11,9 +11,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import EdgetlError
+from ..train.launch import is_main_process
 
-# Piped or logged output gets wide lines rather than a table folded to rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else 200)
+# Piped or logged output gets wide lines rather than a table folded to rich's 80-column default. Launched on several
+# processes (accelerate launch, torchrun), only the main one prints; errors come from any.
+out = Console(width=None if sys.stdout.isatty() else 200, quiet=not is_main_process())
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 RecipeArg = Annotated[Optional[Path], typer.Argument(help="Recipe TOML; none runs the built-in example.")]

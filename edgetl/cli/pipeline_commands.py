@@ -18,7 +18,8 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) 
 
     loaded = load_recipe(recipe, set_)
     summary = run_pipeline(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
-    print_run(summary)
+    if summary:  # {}: one of the other processes of a distributed launch
+        print_run(summary)
 
 
 def optimize(

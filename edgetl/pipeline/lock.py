@@ -32,6 +32,10 @@ def acquire(run_dir: Path) -> None:
         import fcntl
     except ImportError:
         return
+    from ..train.launch import is_main_process
+
+    if not is_main_process():  # another process of `accelerate launch` / `torchrun`: the main one holds the lock
+        return
     key = Path(run_dir).resolve()
     if key in _held:
         handle, depth = _held[key]

@@ -37,10 +37,12 @@ class Trained:
 
     def teacher(self, ctx):
         from .._io import write_text
+        from ..train.launch import is_main_process
         from .transfer import without_scratch
 
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(ctx.run_dir / "recipe.toml", ctx.recipe.to_toml())
+        if is_main_process():  # launched on several processes: only the main one writes
+            write_text(ctx.run_dir / "recipe.toml", ctx.recipe.to_toml())
         ctx.log(f"data: {ctx.recipe.data.source} {ctx.splits.sizes()}, {len(ctx.splits.classes)} classes "
                 f"({ctx.task.name})")
         return ctx.task.finetune(without_scratch(ctx.recipe), ctx.splits, ctx.model_dir(TEACHER),

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from .._io import write_json
 from ..settings import Recipe
+from ..train.launch import is_main_process
 from .context import RunContext
 from .lock import run_lock
 from .select import distill_summary, select, summary_rows
@@ -47,6 +48,8 @@ def _run(ctx: RunContext) -> dict[str, Any]:
     if recipe.finetune.scratch_baseline:
         timed("scratch", scratch_stage, ctx)
     distilled = timed("distill", distill_stage, ctx)
+    if not is_main_process():  # launched on several processes: the others only help train
+        return {}
     timed("export", export_stage, ctx)
     timed("quantize", quantize_stage, ctx)
     validation = timed("validate", validate_stage, ctx)

@@ -28,6 +28,7 @@ from .._io import is_fresh, read_json, write_json, write_text
 from ..errors import RecipeError
 from ..registry import Registry
 from ..settings import Recipe
+from ..train.launch import is_main_process
 from ..tasks import TEACHER, get_task
 
 SCRATCH_DIR = "scratch"
@@ -88,8 +89,11 @@ def train_scratch(ctx) -> Any:
         return None
     recipe, folder = scratch_recipe(ctx.recipe), ctx.run_dir / SCRATCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(folder / "recipe.toml", recipe.to_toml())  # what this baseline ran, beside it
+    if is_main_process():  # launched on several processes: only the main one writes
+        _write_if_changed(folder / "recipe.toml", recipe.to_toml())  # what this baseline ran, beside it
     result = ctx.task.finetune(recipe, ctx.splits, folder, progress=ctx.progress, log=ctx.log)
+    if not is_main_process():
+        return result
     record = {"key": _baseline_key(ctx, recipe), "test_accuracy": result.test_accuracy,
               "val_accuracy": result.val_accuracy, "epochs": result.epochs, "groups": recipe.finetune.unfreeze[0],
               "seconds": result.seconds}

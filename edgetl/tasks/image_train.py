@@ -18,7 +18,8 @@ from ..errors import DataError
 from ..preprocess import ImagePreprocess
 from ..settings import Recipe
 from ..train.augment import Augmenter
-from ..train.loop import CHECKPOINT_FILE, load_weights_file, save_checkpoint
+from ..train.loop import CHECKPOINT_FILE, device_of, load_weights_file, save_checkpoint
+from ..train.parallel import ONE, Parallel
 
 
 def image_batches(images: LabeledImages, preprocess: ImagePreprocess, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -34,11 +35,11 @@ def evaluate(model: nn.Module, images: LabeledImages, preprocess: ImagePreproces
         raise DataError("cannot evaluate on an empty split; give the data source more images")
     modes = {module: module.training for module in model.modules()}
     model.eval()
-    correct = 0
+    correct, device = 0, device_of(model)
     try:
         with torch.inference_mode():
             for batch, labels in image_batches(images, preprocess, batch_size):
-                correct += int((model(batch).argmax(1) == labels).sum())
+                correct += int((model(batch.to(device)).argmax(1) == labels.to(device)).sum())
     finally:
         for module, training in modes.items():
             module.train(training)
@@ -52,6 +53,8 @@ def _channels_last(batch: torch.Tensor) -> torch.Tensor:
 class ImageTrainHooks:
     """``TrainHooks`` for an image classifier built from the backbone registry (``edgetl.train.hooks``)."""
 
+    parallel: Parallel = ONE
+
     def __init__(self, recipe: Recipe, splits: Splits, backbone: str, preprocess: ImagePreprocess, *,
                  eval_batch_size: int):
         self.recipe, self.splits, self.backbone, self.preprocess = recipe, splits, backbone, preprocess
@@ -59,6 +62,13 @@ class ImageTrainHooks:
         config = recipe.finetune.augment
         self.augmenter = (Augmenter(config, num_classes=len(splits.classes), seed=recipe.run.seed)
                           if config.enabled else None)
+
+    def use(self, parallel: Parallel) -> None:
+        self.parallel = parallel
+
+    def _part(self, split: str, rows: np.ndarray | None) -> LabeledImages:
+        data = getattr(self.splits, split)
+        return data if rows is None else data.subset(rows)
 
     # -- the model ---------------------------------------------------------------------------
     def _weights(self) -> str | None:
@@ -99,10 +109,14 @@ class ImageTrainHooks:
 
     # -- data --------------------------------------------------------------------------------
     def features(self, model: nn.Module, split: str) -> torch.Tensor:
-        with torch.inference_mode():
-            batches = image_batches(getattr(self.splits, split), self.preprocess, self.eval_batch_size)
-            features = torch.cat([model.forward_features(x) for x, _ in batches])
-        return features.clone()  # a clone outside inference mode can train
+        def part(rows: np.ndarray | None) -> torch.Tensor:
+            with torch.inference_mode():
+                batches = image_batches(self._part(split, rows), self.preprocess, self.eval_batch_size)
+                features = torch.cat([model.forward_features(x.to(device)) for x, _ in batches])
+            return features.clone()  # a clone outside inference mode can train
+
+        device = device_of(model)
+        return self.parallel.map_parts(len(getattr(self.splits, split)), part)
 
     def labels(self, split: str) -> torch.Tensor:
         return torch.from_numpy(getattr(self.splits, split).labels)
@@ -111,7 +125,9 @@ class ImageTrainHooks:
         return len(self.splits.train) // batch_size or 1  # whole batches: BatchNorm needs more than one
 
     def _rows(self, batch_size: int, steps: int) -> list[torch.Tensor]:
-        return torch.randperm(len(self.splits.train))[: steps * batch_size].split(batch_size)
+        """The rows of each batch: this process's share (the order is the same on every process)."""
+        batches = torch.randperm(len(self.splits.train))[: steps * batch_size].split(batch_size)
+        return [self.parallel.shard(rows) for rows in batches] if self.parallel.count > 1 else batches
 
     def _train_batches(self, batch_size: int, steps: int) -> Iterator[tuple[torch.Tensor, np.ndarray, torch.Tensor]]:
         """(rows, uint8 images, labels) of ``steps`` shuffled training batches, decoded in ``data.workers``
@@ -123,7 +139,15 @@ class ImageTrainHooks:
         for rows, images in decoded_batches(train.images, self._rows(batch_size, steps),
                                             workers=self.recipe.data.workers):
             labels = torch.from_numpy(train.labels[rows.numpy()])
-            yield (rows, images, labels) if self.augmenter is None else (rows, *self.augmenter(images, labels))
+            yield (rows, images, labels) if self.augmenter is None else (rows, *self._augmenter()(images, labels))
+
+    def _augmenter(self) -> Augmenter:
+        """The augmenter; on several processes, one per batch and process, seeded from one draw of the shared stream
+        (which stays the same on every process and resumes with the run)."""
+        if self.parallel.count == 1:
+            return self.augmenter
+        return Augmenter(self.augmenter.config, num_classes=self.augmenter.num_classes,
+                         seed=self.parallel.fork_seed(self.augmenter.generator))
 
     def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
                       ) -> Iterator[tuple[Any, ...]]:
@@ -133,7 +157,8 @@ class ImageTrainHooks:
             yield (_channels_last(batch), labels, *(t[rows] for t in extra))
 
     def evaluate(self, model: nn.Module, split: str) -> float:
-        return evaluate(model, getattr(self.splits, split), self.preprocess, self.eval_batch_size)
+        return self.parallel.accuracy(len(getattr(self.splits, split)), lambda rows: evaluate(
+            model, self._part(split, rows), self.preprocess, self.eval_batch_size))
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, model: nn.Module, out_dir: Path, meta: dict[str, Any]) -> None:
@@ -204,7 +229,8 @@ class ImageDistillHooks(ImageTrainHooks):
         return student.to(memory_format=torch.channels_last), len(copied)
 
     def evaluate_teacher(self, teacher: nn.Module, split: str) -> float:
-        return evaluate(teacher, getattr(self.splits, split), self.teacher_preprocess, self.eval_batch_size)
+        return self.parallel.accuracy(len(getattr(self.splits, split)), lambda rows: evaluate(
+            teacher, self._part(split, rows), self.teacher_preprocess, self.eval_batch_size))
 
     def hint_adapter(self, student: nn.Module, teacher: nn.Module) -> nn.Module:
         """1x1 convolution from the student's hint channels to the teacher's."""
@@ -213,10 +239,11 @@ class ImageDistillHooks(ImageTrainHooks):
         size = self.recipe.model.image_size
         probe = torch.zeros(1, 3, size, size)
         with torch.no_grad(), _capture(student) as student_map, _capture(teacher) as teacher_map:
-            student.eval()(probe)
-            teacher(probe)
+            student.eval()(probe.to(device_of(student)))
+            teacher(probe.to(device_of(teacher)))
         torch.manual_seed(self.recipe.run.seed)
-        return nn.Conv2d(student_map[0].shape[1], teacher_map[0].shape[1], 1)
+        adapter = nn.Conv2d(student_map[0].shape[1], teacher_map[0].shape[1], 1)
+        return adapter.to(memory_format=torch.channels_last)  # its gradients' layout (DDP checks they match)
 
     def cache_teacher(self, teacher: nn.Module, hint: bool) -> None:
         """Teacher outputs on every training image, computed once (augmentation off: the inputs never change)."""
@@ -224,19 +251,24 @@ class ImageDistillHooks(ImageTrainHooks):
             return
         from ..train.distill import _capture
 
-        logits, hints = [], []
-        for inputs, _ in image_batches(self.splits.train, self.teacher_preprocess, self.eval_batch_size):
-            with torch.inference_mode(), _capture(teacher if hint else None) as feature:
-                logits.append(teacher(inputs))
-            hints.extend(feature)
-        self.cache = {"logits": torch.cat(logits).clone(), "hints": torch.cat(hints).clone() if hints else None}
+        def part(rows: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            logits, hints = [], []
+            for inputs, _ in image_batches(self._part("train", rows), self.teacher_preprocess, self.eval_batch_size):
+                with torch.inference_mode(), _capture(teacher if hint else None) as feature:
+                    logits.append(teacher(inputs.to(device)))
+                hints.extend(feature)
+            return torch.cat(logits).clone(), torch.cat(hints).clone() if hints else None
+
+        device = device_of(teacher)
+        logits, hints = self.parallel.map_parts(len(self.splits.train), part)
+        self.cache = {"logits": logits, "hints": hints}
 
     def _teacher_outputs(self, teacher: nn.Module, inputs: torch.Tensor, hint: bool
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
         from ..train.distill import _capture
 
         with torch.inference_mode(), _capture(teacher if hint else None) as feature:
-            logits = teacher(inputs)
+            logits = teacher(inputs.to(device_of(teacher)))
         return logits.clone(), feature[0].clone() if hint else None
 
     def student_batches(self, batch_size: int, steps: int, teacher: nn.Module | None, hint: bool

@@ -76,13 +76,15 @@ class TextClassification(Task):
     def finetune(self, recipe, splits, out_dir: Path, *, progress: bool = True, log=print):
         from ..backbones.bert import resolve_model_dir
         from ..train.finetune import run_finetune
+        from ..train.launch import is_main_process
         from .text_train import TextTrainHooks
 
         self.check_splits(splits)
         key = {"recipe": recipe.section_hash(*self.sections), "data": self.fingerprint(splits)}
         base_dir = resolve_model_dir(recipe.model.backbone, weights=recipe.model.weights)
         preprocess, lengths = text_preprocess(recipe, splits, base_dir)
-        write_json(Path(out_dir) / LENGTHS_FILE, lengths)
+        if is_main_process():  # launched on several processes: only the main one writes
+            write_json(Path(out_dir) / LENGTHS_FILE, lengths)
         train = lengths["splits"]["train"]
         log(f"max_length {preprocess.max_length} ({lengths['chosen_from']}; train p50 {train['p50']:g}, p99 "
             f"{train['p99']:g}, max {train['max']} tokens; {lengths['truncated']['train']} training texts truncated)")

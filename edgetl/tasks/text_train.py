@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from .._io import read_json, recover_dir, replace_dir, write_json
-from ..data.text_batches import clipped_lengths, predict_torch, run_sorted, train_batches
+from ..data.text_batches import bucketed_order, clipped_lengths, run_sorted, to_tensors
 from ..errors import DataError
 from ..preprocess import TextPreprocess
 from ..settings import Recipe
-from ..train.loop import META_FILE, accuracy
+from ..train.loop import META_FILE, accuracy, device_of
+from ..train.parallel import ONE, Parallel
 from ..backbones.bert import MODEL_DIR
 
 SPLITS = ("train", "val", "test")
@@ -35,6 +36,22 @@ def save_text_checkpoint(out_dir: Path, model, meta: dict[str, Any], tokenizer_d
     save_text_classifier(model, staging, tokenizer_dir=tokenizer_dir)
     replace_dir(staging, folder)
     write_json(out_dir / META_FILE, meta)
+
+
+def predict(model: nn.Module, data, preprocess: TextPreprocess, batch_size: int, lengths: np.ndarray) -> torch.Tensor:
+    """Logits (float32, on CPU, data order) of a text classifier in eval mode, on the model's device; its
+    train/eval modes are restored."""
+    training, device = model.training, device_of(model)
+    model.eval()
+    try:
+        return run_sorted(lambda inputs: model(**_on(inputs, device)).logits.float().cpu(), data.texts, preprocess,
+                          batch_size, lengths)
+    finally:
+        model.train(training)
+
+
+def _on(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
 
 
 def text_model_dir(out_dir: str | Path) -> Path:
@@ -56,12 +73,23 @@ class TextTrainHooks:
     """``TrainHooks`` for a text classifier (``edgetl.train.hooks``); ``base_dir`` is the pre-trained encoder's
     Hugging Face folder, whose tokenizer every checkpoint carries."""
 
+    parallel: Parallel = ONE
+
     def __init__(self, recipe: Recipe, splits, preprocess: TextPreprocess, base_dir: Path,
                  log: Callable[[str], None] = print):
         self.recipe, self.splits, self.preprocess, self.base_dir, self.log = recipe, splits, preprocess, base_dir, log
         self.eval_batch_size = recipe.text.eval_batch_size
         self.lengths = {name: clipped_lengths(preprocess, getattr(splits, name).texts) for name in SPLITS}
         self.reset_rng()
+
+    def use(self, parallel: Parallel) -> None:
+        self.parallel = parallel
+
+    def _map(self, split: str, fn: Callable[[Any, np.ndarray], torch.Tensor]) -> torch.Tensor:
+        """``fn(texts, lengths)`` over ``split``, split between the processes and gathered in the split's order."""
+        data, lengths = getattr(self.splits, split), self.lengths[split]
+        return self.parallel.map_parts(len(data), lambda rows: fn(data, lengths) if rows is None
+                                       else fn(data.subset(rows), lengths[rows]))
 
     # -- the model ---------------------------------------------------------------------------
     def new_model(self) -> nn.Module:
@@ -91,8 +119,10 @@ class TextTrainHooks:
     # -- data --------------------------------------------------------------------------------
     def features(self, model: nn.Module, split: str) -> torch.Tensor:
         """Mean-pooled embeddings, texts run in length order."""
-        return run_sorted(lambda inputs: model.embed(**inputs), getattr(self.splits, split).texts, self.preprocess,
-                          self.eval_batch_size, self.lengths[split])
+        device = device_of(model)
+        return self._map(split, lambda data, lengths: run_sorted(
+            lambda inputs: model.embed(**_on(inputs, device)).cpu(), data.texts, self.preprocess, self.eval_batch_size,
+            lengths))
 
     def labels(self, split: str) -> torch.Tensor:
         return torch.from_numpy(getattr(self.splits, split).labels)
@@ -102,13 +132,22 @@ class TextTrainHooks:
 
     def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
                       ) -> Iterator[tuple[Any, ...]]:
-        return train_batches(self.splits.train, self.preprocess, batch_size, lengths=self.lengths["train"],
-                             rng=self.rng, bucketing=self.recipe.text.bucketing, extra=extra)
+        """Batches of similar lengths (``text.bucketing``), each padded to its longest text: this process's share."""
+        train = self.splits.train
+        for rows in bucketed_order(self.lengths["train"], batch_size, self.rng, bucketing=self.recipe.text.bucketing):
+            rows = self.parallel.shard(rows)
+            inputs = to_tensors(self.preprocess.encode([train.texts[i] for i in rows]))
+            index = torch.from_numpy(rows)
+            yield (inputs, torch.from_numpy(train.labels[rows]), *(tensor[index] for tensor in extra))
 
     def evaluate(self, model: nn.Module, split: str) -> float:
-        part = getattr(self.splits, split)
-        return accuracy(predict_torch(model, part, self.preprocess, self.eval_batch_size, self.lengths[split]),
-                        part.labels)
+        data, lengths = getattr(self.splits, split), self.lengths[split]
+
+        def part_accuracy(rows: np.ndarray | None) -> float:
+            part, part_lengths = (data, lengths) if rows is None else (data.subset(rows), lengths[rows])
+            return accuracy(predict(model, part, self.preprocess, self.eval_batch_size, part_lengths), part.labels)
+
+        return self.parallel.accuracy(len(data), part_accuracy)
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, model: nn.Module, out_dir: Path, meta: dict[str, Any]) -> None:
@@ -171,10 +210,11 @@ class TextDistillHooks(TextTrainHooks):
         """The teacher's logits on every training text, computed once (eval mode: no dropout)."""
         if self.teacher_logits is None:
             start = time.perf_counter()
-            self.teacher_logits = predict_torch(teacher, self.splits.train, self.preprocess, self.eval_batch_size,
-                                                self.lengths["train"])
-            self.log(f"teacher logits on {len(self.splits.train)} training texts cached in "
-                     f"{time.perf_counter() - start:.1f} s")
+            self.teacher_logits = self._map("train", lambda data, lengths: predict(
+                teacher, data, self.preprocess, self.eval_batch_size, lengths))
+            if self.parallel.is_main:
+                self.log(f"teacher logits on {len(self.splits.train)} training texts cached in "
+                         f"{time.perf_counter() - start:.1f} s")
 
     def student_batches(self, batch_size: int, steps: int, teacher: nn.Module | None, hint: bool
                         ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor | None, None]]:

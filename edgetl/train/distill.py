@@ -8,10 +8,15 @@ The same run without the teacher (``distill.ablation``: alpha 0, same student, i
 ``out_dir/baseline``. What differs between tasks (building the student, batches, checkpoints) comes from the
 task's ``DistillHooks``. ``out_dir`` receives the student like a fine-tune folder, ``baseline/`` and
 ``result.json`` comparing the two with the teacher.
+
+Like fine-tuning it trains on the processes it was launched on (``edgetl.train.parallel``): the student is shared
+out with DDP, the frozen teacher sits on every process, its cached outputs are computed in parts and gathered, and
+only the main process writes and prints.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -25,10 +30,11 @@ from torch import nn
 
 from .._io import atomic_path, write_json
 from ..settings import Recipe
-from .finetune import finished_result, load_state, with_threads
+from .finetune import finished_result, load_state, start_parallel, with_threads
 from .hooks import DistillHooks
-from .loop import METRICS_FILE, RESULT_FILE, STATE_FILE, kd_loss, progress_bar, rng_state, seed_everything, \
-    set_rng_state, ticker, train_epoch
+from .loop import METRICS_FILE, RESULT_FILE, STATE_FILE, device_of, kd_loss, progress_bar, rng_state, \
+    seed_everything, set_rng_state, ticker, train_epoch
+from .parallel import Parallel
 
 BASELINE_DIR = "baseline"
 
@@ -59,6 +65,9 @@ class DistillResult:
     hint_weight: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     baseline_history: list[dict[str, Any]] = field(default_factory=list)
+    processes: int = 1  # what trained it (edgetl.train.parallel)
+    device: str = "cpu"
+    mixed_precision: str = "no"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DistillResult":
@@ -66,19 +75,21 @@ class DistillResult:
 
 
 def run_distill(recipe: Recipe, hooks: DistillHooks, teacher: nn.Module, out_dir: Path, key: dict[str, Any], *,
-                sections: tuple[str, ...], progress: bool = True, checkpoint: str = "") -> DistillResult:  # fmt: skip
+                sections: tuple[str, ...], progress: bool = True, checkpoint: str = "",
+                parallel: Parallel | None = None) -> DistillResult:  # fmt: skip
     """Distil ``teacher`` into the student the ``hooks`` build; with ``distill.ablation`` also train the student
     without the teacher (same init, same budget) in ``out_dir/baseline``.
 
     ``key`` identifies recipe, data and teacher; ``sections`` are the recipe sections a student run depends on.
     A rerun with the same key returns the finished result; an interrupted one resumes after its last epoch.
+    ``parallel``: the processes to train on; None: those this program was launched on.
     """
     out_dir = Path(out_dir)
     done = finished_result(out_dir, key, hooks, DistillResult)
     if done is not None:
         return done
     out_dir.mkdir(parents=True, exist_ok=True)
-    job = _Distillation(recipe, hooks, teacher, out_dir, key, sections, progress, checkpoint)
+    job = _Distillation(recipe, hooks, teacher, out_dir, key, sections, progress, checkpoint, parallel)
     return with_threads(recipe.finetune.threads, job.run)
 
 
@@ -86,12 +97,16 @@ class _Distillation:
     """The teacher and the student runs (with the teacher, then the baseline)."""
 
     def __init__(self, recipe: Recipe, hooks: DistillHooks, teacher: nn.Module, out_dir: Path, key: dict[str, Any],
-                 sections: tuple[str, ...], progress: bool, checkpoint: str):
+                 sections: tuple[str, ...], progress: bool, checkpoint: str, parallel: Parallel | None):
         self.recipe, self.config, self.hooks, self.out_dir, self.key = recipe, recipe.distill, hooks, out_dir, key
         self.sections, self.checkpoint = sections, checkpoint or str(out_dir)
+        self.parallel = start_parallel(recipe, hooks, parallel, progress_bar(False).console)
+        if device_of(teacher) != self.parallel.device:  # a copy: the caller's teacher stays where it is
+            teacher = copy.deepcopy(teacher).to(self.parallel.device)
         self.teacher = hooks.prepare_teacher(teacher.eval())
         self.teacher.requires_grad_(False)
-        self.bar, self.verbose = progress_bar(progress), progress
+        self.verbose = progress and self.parallel.is_main
+        self.bar = progress_bar(self.verbose)
 
     def run(self) -> DistillResult:
         start = time.perf_counter()
@@ -110,14 +125,17 @@ class _Distillation:
             epochs=student["epochs"], seconds=round(student["seconds"] + (baseline or {}).get("seconds", 0.0), 1),
             checkpoint=self.checkpoint, copied_from_teacher=student["copied"],
             temperature=self.config.temperature, alpha=self.config.alpha, hint_weight=self.config.hint_weight,
-            history=student["history"],
+            history=student["history"], processes=self.parallel.count, device=self.parallel.device.type,
+            mixed_precision=self.parallel.mixed_precision,
         )
         if baseline is not None:
             result.baseline_test_accuracy = baseline["test_accuracy"]
             result.baseline_val_accuracy = baseline["val_accuracy"]
             result.baseline_relative_accuracy = round(baseline["test_accuracy"] / denominator, 4)
             result.baseline_epochs, result.baseline_history = baseline["epochs"], baseline["history"]
-        write_json(self.out_dir / RESULT_FILE, {"key": self.key, **asdict(result), **self.hooks.result_extra()})
+        if self.parallel.is_main:
+            write_json(self.out_dir / RESULT_FILE, {"key": self.key, **asdict(result), **self.hooks.result_extra()})
+        self.parallel.barrier()
         self.log(f"teacher {teacher_accuracy:.2f}%, student {result.student_test_accuracy:.2f}% "
                  f"({100 * relative:.1f}% of the teacher)"
                  + (f", without the teacher {result.baseline_test_accuracy:.2f}%" if baseline else "")
@@ -166,17 +184,21 @@ class _StudentRun:
         self.job, self.config, self.hooks, self.out_dir = job, job.config, job.hooks, out_dir
         self.alpha, self.hint_weight = alpha, hint_weight
         self.name = "student" if alpha > 0 else "student (no teacher)"
-        self.key = job.run_key(alpha, hint_weight)
+        self.key, self.parallel = job.run_key(alpha, hint_weight), job.parallel
         seed_everything(job.recipe.run.seed)
         self.model, self.copied = self.hooks.new_student(job.teacher)
+        self.model.to(self.parallel.device)
         self.hooks.reset_rng()
         self.adapter = self.hooks.hint_adapter(self.model, job.teacher) if hint_weight > 0 else None
+        if self.adapter is not None:
+            self.adapter.to(self.parallel.device)
+        self.trained, self.trained_adapter = self.model, self.adapter  # what ``prepare`` makes of them while training
         self.history: list[dict[str, Any]] = []
         self.best = {"val_accuracy": -1.0, "epoch": 0}
         self.seconds, self.started = 0.0, time.perf_counter()
 
     def run(self) -> dict[str, Any]:
-        config, hooks = self.config, self.hooks
+        config, hooks, parallel = self.config, self.hooks, self.parallel
         self.out_dir.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += list(self.adapter.parameters()) if self.adapter else []
@@ -184,9 +206,13 @@ class _StudentRun:
         steps = hooks.steps(config.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
         state = self._load_state(optimizer, scheduler) or {"epoch": 0, "bad_epochs": 0, "done": False}
+        parallel.barrier()  # nobody writes before every process has read what was there
         hint, with_teacher = self.hint_weight > 0, self.alpha > 0 or self.hint_weight > 0
         if not state["done"] and with_teacher:
             hooks.cache_teacher(self.job.teacher, hint)  # before the first epoch, so epoch times stay comparable
+        models = [self.model] + ([self.adapter] if self.adapter is not None else [])
+        *trained, optimizer, scheduler = parallel.prepare(*models, optimizer, scheduler)
+        self.trained, self.trained_adapter = trained[0], trained[1] if self.adapter is not None else None
         tick = ticker(self.job.bar, self.name, config.epochs * steps, completed=state["epoch"] * steps)
         epoch = state["epoch"]
         while not state["done"]:
@@ -195,8 +221,11 @@ class _StudentRun:
             self.model.train()
             if self.adapter is not None:
                 self.adapter.train()
+            parallel.same_rng()
             batches = hooks.student_batches(config.batch_size, steps, self.job.teacher if with_teacher else None, hint)
-            loss, train_accuracy = train_epoch(self._step, batches, optimizer, scheduler, tick)
+            loss, train_accuracy = train_epoch(self._step, batches, optimizer, scheduler, tick, parallel=parallel,
+                                               models=trained)
+            parallel.same_buffers(self.model)
             val_accuracy = hooks.evaluate(self.model, "val")
             self._record(epoch, loss, train_accuracy, val_accuracy, lr, time.perf_counter() - start)
             improved = val_accuracy > self.best["val_accuracy"]
@@ -205,6 +234,8 @@ class _StudentRun:
             state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
             state.update(epoch=epoch, done=epoch >= config.epochs or 0 < config.patience <= state["bad_epochs"])
             self._save_state(state, optimizer, scheduler)
+        parallel.release(*trained)
+        self.trained, self.trained_adapter = self.model, self.adapter
         hooks.load_best(self.model, self.out_dir)
         test_accuracy = hooks.evaluate(self.model, "test")
         self.seconds += time.perf_counter() - self.started
@@ -217,11 +248,11 @@ class _StudentRun:
     def _step(self, inputs: Any, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
               teacher_map: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         with _capture(self.model if self.adapter is not None else None) as student_map:
-            logits = self.hooks.forward(self.model, inputs)
+            logits = self.hooks.forward(self.trained, inputs)
         loss = kd_loss(logits, teacher_logits, labels, temperature=self.config.temperature, alpha=self.alpha,
                        label_smoothing=self.job.recipe.finetune.label_smoothing)
         if self.adapter is not None:
-            projected = self.adapter(student_map[0])
+            projected = self.trained_adapter(student_map[0])
             if projected.shape[-2:] != teacher_map.shape[-2:]:  # match the smaller map
                 size = tuple(min(a, b) for a, b in zip(projected.shape[-2:], teacher_map.shape[-2:]))
                 projected = F.adaptive_avg_pool2d(projected, size)
@@ -235,7 +266,8 @@ class _StudentRun:
         self.history.append({"stage": "distill" if self.alpha > 0 else "baseline", "epoch": epoch,
                              "train_loss": round(loss, 5), "train_accuracy": round(train_accuracy, 3),
                              "val_accuracy": round(val, 3), "lr": lr, "seconds": round(seconds, 3)})
-        write_json(self.out_dir / METRICS_FILE, self.history)
+        if self.parallel.is_main:
+            write_json(self.out_dir / METRICS_FILE, self.history)
         self.job.log(f"{self.name} epoch {epoch}: loss {loss:.4f}, train {train_accuracy:.2f}%, val {val:.2f}%, "
                      f"lr {lr:.2e}, {seconds:.1f} s")
 
@@ -243,18 +275,22 @@ class _StudentRun:
         self.best = {"val_accuracy": val_accuracy, "epoch": epoch}
         meta = {**self.hooks.meta(self.model), "teacher": self.job.recipe.model.backbone, "alpha": self.alpha,
                 "temperature": self.config.temperature, "stage": "distill" if self.alpha else "baseline", **self.best}
-        self.hooks.save(self.model, self.out_dir, meta)
+        if self.parallel.is_main:
+            self.hooks.save(self.model, self.out_dir, meta)
 
     def _save_state(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """What a resumed run needs (main process); the others wait until it and the best checkpoint are written."""
         now = time.perf_counter()
         self.seconds, self.started = self.seconds + now - self.started, now
-        payload = {**state, "key": self.key, "model": self.model.state_dict(), "best": self.best,
-                   "history": self.history, "seconds": self.seconds, "rng": rng_state(),
-                   "hooks_rng": self.hooks.rng_state(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(),
-                   "adapter": self.adapter.state_dict() if self.adapter is not None else {}}
-        with atomic_path(self.out_dir / STATE_FILE) as tmp:
-            torch.save(payload, tmp)
+        if self.parallel.is_main:
+            payload = {**state, "key": self.key, "model": self.model.state_dict(), "best": self.best,
+                       "history": self.history, "seconds": self.seconds, "rng": rng_state(),
+                       "hooks_rng": self.hooks.rng_state(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(),
+                       "adapter": self.adapter.state_dict() if self.adapter is not None else {}}
+            with atomic_path(self.out_dir / STATE_FILE) as tmp:
+                torch.save(payload, tmp)
+        self.parallel.barrier()
 
     def _load_state(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
         """The state of an interrupted (or finished) run with this key, else None (start over)."""

@@ -5,6 +5,12 @@ features, staged unfreezing with layer-wise learning-rate decay, early stopping,
 checkpoints and records. A ``TrainHooks`` object (one per task: ``edgetl.tasks.image_train``,
 ``edgetl.tasks.text_train``) owns the rest: how a model is built, which parameters each unfreeze stage trains,
 how a batch is drawn and fed, how a split is evaluated, and how a checkpoint is written.
+
+On several processes (``edgetl.train.parallel``) the trainer lends the hooks its ``Parallel`` (``use``): training
+batches are then this process's share of each global batch (``Parallel.shard`` of the rows, drawn in the same
+order on every process), and what runs over a whole split (``features``, ``evaluate``, ``cache_teacher``) is split
+between the processes with ``Parallel.map_parts`` / ``Parallel.accuracy`` and returns every process's result.
+Inputs go to the device of the model they are fed to.
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ from typing import Any, Iterator, Protocol
 import torch
 from torch import nn
 
+from .parallel import Parallel
+
 
 class TrainHooks(Protocol):
     """One trained model's data and architecture as the trainer sees them (see the module docstring)."""
+
+    parallel: Parallel  # what ``use`` lent; ``edgetl.train.parallel.ONE`` (one CPU process) until then
+
+    def use(self, parallel: Parallel) -> None:
+        """Train on ``parallel``'s processes and device from now on."""
 
     def new_model(self) -> nn.Module:
         """The pre-trained model with a new head for the task's classes (after the trainer seeded the RNGs)."""
@@ -33,7 +46,8 @@ class TrainHooks(Protocol):
         """The largest ``finetune.unfreeze`` value this model accepts."""
 
     def features(self, model: nn.Module, split: str) -> torch.Tensor:
-        """Frozen-backbone features of every sample of ``split`` (the probe's inputs), in the split's order."""
+        """Frozen-backbone features of every sample of ``split`` (the probe's inputs), in the split's order (each
+        process computes its part; every process gets them all)."""
 
     def labels(self, split: str) -> torch.Tensor:
         """The int64 labels of ``split``."""
@@ -43,9 +57,9 @@ class TrainHooks(Protocol):
 
     def train_batches(self, batch_size: int, steps: int, *, extra: tuple[torch.Tensor, ...] = ()
                       ) -> Iterator[tuple[Any, ...]]:
-        """One epoch of ``(inputs, labels, *extra rows)`` training batches; ``extra`` are per-sample tensors
-        (the teacher's cached logits) sliced to each batch. ``labels``: int64 classes, or (N, classes) soft targets
-        when the task's augmentation mixed the batch (mixup, cutmix)."""
+        """One epoch of ``(inputs, labels, *extra rows)`` training batches (this process's share of each, on CPU);
+        ``extra`` are per-sample tensors (the teacher's cached logits) sliced to each batch. ``labels``: int64
+        classes, or (N, classes) soft targets when the task's augmentation mixed the batch (mixup, cutmix)."""
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """Logits of ``model`` for one batch of inputs."""
@@ -54,7 +68,8 @@ class TrainHooks(Protocol):
         """Put ``model`` in training mode (a task may keep some layers' statistics frozen)."""
 
     def evaluate(self, model: nn.Module, split: str) -> float:
-        """Top-1 accuracy (percent) of ``model`` on ``split``; train/eval modes restored."""
+        """Top-1 accuracy (percent) of ``model`` on ``split`` (over every process's part); train/eval modes
+        restored."""
 
     def save(self, model: nn.Module, out_dir: Path, meta: dict[str, Any]) -> None:
         """Write the best checkpoint and its metadata into ``out_dir``."""

@@ -1,11 +1,12 @@
-"""The pieces every training run shares, whatever the task: one epoch of steps, the distillation loss,
-RNG state for resuming, weight hashes, the progress bar, and the file names of a training folder."""
+"""The pieces every training run shares, whatever the task: one epoch of steps (on the processes and device of an
+``edgetl.train.parallel.Parallel``), the distillation loss, RNG state for resuming, weight hashes, the progress bar,
+and the file names of a training folder."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import atomic_path, write_json
+from .parallel import ONE, Parallel
 
 CHECKPOINT_FILE = "best.safetensors"
 META_FILE = "checkpoint.json"
@@ -24,24 +26,28 @@ RESULT_FILE = "result.json"
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def train_epoch(step: StepFn, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
-                scheduler: Any, tick: Callable[[float, float], None]) -> tuple[float, float]:
+def train_epoch(step: StepFn, batches: Iterable[tuple[Any, ...]], optimizer: torch.optim.Optimizer,
+                scheduler: Any, tick: Callable[[float, float], None], *, parallel: Parallel = ONE,
+                models: Sequence[nn.Module] = ()) -> tuple[float, float]:  # fmt: skip
     """One pass over ``(inputs, labels, *extra)`` batches with a per-step scheduler.
 
     ``step(inputs, labels, *extra) -> (loss, logits)``; ``labels`` are int64 classes (N,), or soft targets
     (N, classes) for a batch that mixup or cutmix mixed (accuracy then counts each sample's largest share).
-    Returns mean loss and accuracy (percent).
+    On several processes the batches are this process's shares, ``models`` the prepared (DDP) models ``step`` runs.
+    Returns mean loss and accuracy (percent) over every process's samples.
     """
     loss_sum, correct, count = 0.0, 0, 0
-    for inputs, labels, *extra in batches:
-        loss, logits = step(inputs, labels, *extra)
+    for batch in batches:
+        batch = parallel.to_device(tuple(batch))
+        labels = batch[1]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, logits = parallel.run_step(step, batch, models)
         optimizer.step()
         scheduler.step()
         loss_sum, count = loss_sum + loss.item() * len(labels), count + len(labels)
         correct += int((logits.detach().argmax(1) == (labels if labels.ndim == 1 else labels.argmax(1))).sum())
         tick(loss_sum / count, 100.0 * correct / count)
+    loss_sum, correct, count = parallel.total(loss_sum, correct, count)
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
@@ -80,6 +86,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, l
     return alpha * soft + (1 - alpha) * hard
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (its inputs must go there)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def model_hash(model: nn.Module) -> str:
     """Identity of a model's weights (names, shapes and values of its state_dict)."""
     digest = hashlib.sha256()
@@ -94,7 +105,7 @@ def save_checkpoint(out_dir: Any, model: nn.Module, meta: dict[str, Any]) -> Non
     from safetensors.torch import save
 
     with atomic_path(out_dir / CHECKPOINT_FILE) as tmp:
-        tmp.write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        tmp.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     write_json(out_dir / META_FILE, meta)
 
 
@@ -105,14 +116,19 @@ def load_weights_file(model: nn.Module, out_dir: Any) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Torch, Python and NumPy RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    """Torch (and CUDA), Python and NumPy RNG states in a form ``torch.load(weights_only=True)`` accepts."""
     numpy_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:])}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the current GPU's (only it trains here)
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     random.setstate(rng["python"])
     np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
 
