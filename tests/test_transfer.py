@@ -249,3 +249,14 @@ def test_a_text_run_compares_with_its_probe_and_refuses_scratch(tmp_path):
     assert transfer["probe"] == summary["probe_test_accuracy"] and transfer["finetuned"] == summary["test_accuracy"]
     assert transfer["scratch"] is None and "linear probe" in transfer["verdict"]
     assert transfer["verdict"] in (tmp_path / "models" / "text" / "README.md").read_text()
+
+
+def test_a_probe_already_perfect_on_validation_is_a_ceiling_not_negative_transfer():
+    from edgetl.pipeline.transfer import transfer_verdict
+
+    ceiling = transfer_verdict(98.33, 98.33, kept_probe=True, probe_val=100.0)
+    assert not ceiling["negative_transfer"] and ceiling["beat_probe"] is None
+    assert ceiling["verdict"].startswith("no verdict against the linear probe: it is already 100% right")
+    assert transfer_verdict(98.33, 98.33, kept_probe=True, probe_val=99.0)["negative_transfer"]
+    assert transfer_verdict(98.33, 98.33, 99.5, kept_probe=True, probe_val=100.0)["verdict"].startswith(
+        "NEGATIVE TRANSFER: fine-tuning (98.33%) did not beat training from scratch")

@@ -138,7 +138,8 @@ def transfer_of(ctx) -> dict[str, Any] | None:
         return None
     finetuned = _teacher_result(ctx)
     return transfer_verdict(finetuned.get("probe_test_accuracy"), finetuned["test_accuracy"], scratch_accuracy(ctx),
-                            kept_probe=finetuned.get("best_stage") == PROBE)
+                            kept_probe=finetuned.get("best_stage") == PROBE,
+                            probe_val=finetuned.get("probe_val_accuracy"))
 
 
 _PROBE_ADVICE = "the frozen features do better than fine-tuning them: lower finetune.lr, unfreeze fewer groups"
@@ -146,16 +147,21 @@ _SCRATCH_ADVICE = "the pre-trained features do not help on this data"
 
 
 def transfer_verdict(probe: float | None, finetuned: float, scratch: float | None = None, *,
-                     kept_probe: bool = False) -> dict[str, Any]:
+                     kept_probe: bool = False, probe_val: float | None = None) -> dict[str, Any]:
     """Fine-tuned test accuracy (percent) against the linear probe's and the from-scratch baseline's (None: not
-    measured); ``kept_probe``: no fine-tuning stage beat the probe on validation, so the model is the probe.
+    measured); ``kept_probe``: no fine-tuning stage beat the probe on validation, so the model is the probe. When
+    the probe's validation accuracy (``probe_val``) is already 100%, nothing could beat it there: that is a ceiling,
+    not negative transfer, and the verdict says so.
 
     Returns ``probe``, ``finetuned``, ``scratch``, ``beat_probe``, ``beat_scratch`` (None where not measured),
     ``negative_transfer`` and a plain ``verdict``; "did not beat" includes a tie."""
     beat_probe = None if probe is None else finetuned > probe and not kept_probe
     beat_scratch = None if scratch is None else finetuned > scratch
     lost, won = [], []
-    if kept_probe and probe is not None:
+    ceiling = kept_probe and probe is not None and probe_val is not None and probe_val >= 100
+    if ceiling:
+        beat_probe = None
+    elif kept_probe and probe is not None:
         lost.append(f"no fine-tuning stage beat the linear probe on the validation split, so the model is the probe "
                     f"({probe:.2f}% test); {_PROBE_ADVICE}, or give it more data")
     elif beat_probe is False:
@@ -174,5 +180,10 @@ def transfer_verdict(probe: float | None, finetuned: float, scratch: float | Non
         verdict = "fine-tuning beat " + " and ".join(won)
     else:
         verdict = "no baseline measured: nothing to compare fine-tuning with"
+    if ceiling:
+        verdict = ((verdict + "; against the linear probe: no verdict: ") if lost or won else "no verdict against "
+                   "the linear probe: ") + (f"it is already 100% right on the validation split, so no fine-tuning "
+                                             f"stage could beat it there and the model is the probe ({probe:.2f}% "
+                                             "test); a harder validation set would tell whether fine-tuning helps")
     return {"probe": probe, "finetuned": finetuned, "scratch": scratch, "beat_probe": beat_probe,
             "beat_scratch": beat_scratch, "negative_transfer": bool(lost), "verdict": verdict}
