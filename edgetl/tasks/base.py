@@ -150,3 +150,15 @@ class Task(ABC):
     def card(self, ctx: RunContext, chosen: list) -> dict[str, Any]:
         """The model card's task-specific fields (dataset, licences, sizes, ...)."""
 
+
+def check_optimized_only(recipe, noun: str, sources: str, methods: str) -> None:
+    """The recipe checks of a task edgetl optimizes but does not train (embeddings, regression): it needs
+    ``model.source`` (one of ``sources``), and the accuracy-aware search, which ranks class logits, is refused in
+    favour of ``methods``."""
+    if not recipe.model.source:
+        raise RecipeError(f"model.task {recipe.model.task} needs model.source ({sources}); edgetl optimizes {noun} "
+                          "models, it does not train them")
+    for method in recipe.quantize.methods:
+        if method.endswith("-acc"):
+            raise RecipeError(f"quantize.methods: {method} searches by top-1 agreement of class logits; for "
+                              f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} model use {methods}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecipeError
+from .base import check_optimized_only
 from .text import TextClassification
 
 
@@ -18,13 +18,8 @@ class TextEmbedding(TextClassification):
     labels_hint = "an embedding model is not trained here; give it as model.source"
 
     def check_recipe(self, recipe) -> None:
-        if not recipe.model.source:
-            raise RecipeError("model.task text-embedding needs model.source (a sentence-transformers folder or an "
-                              "ONNX file); edgetl optimizes embedding models, it does not train them")
-        for method in recipe.quantize.methods:
-            if method.endswith("-acc"):
-                raise RecipeError(f"quantize.methods: {method} searches by top-1 agreement of class logits; for an "
-                                  "embedding model use onnx-int8-dynamic, onnx-int8-static, openvino-int8 or fp16")
+        check_optimized_only(recipe, "embedding", "a sentence-transformers folder or an ONNX file",
+                             "onnx-int8-dynamic, onnx-int8-static, openvino-int8 or fp16")
 
     def source_preprocess(self, recipe, model):
         """The folder's own tokenizer, truncating at ``text.max_length`` (0: the model's max_seq_length, else its

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecipeError
+from .base import check_optimized_only
 from .image import ImageClassification
 
 
@@ -19,13 +19,8 @@ class ImageRegression(ImageClassification):
     labels_hint = "a regression model is not trained here; give it as model.source"
 
     def check_recipe(self, recipe) -> None:
-        if not recipe.model.source:
-            raise RecipeError("model.task image-regression needs model.source (an .onnx, OpenVINO .xml or .pt2 file); "
-                              "edgetl optimizes regression models, it does not train them")
-        for method in recipe.quantize.methods:
-            if method.endswith("-acc"):
-                raise RecipeError(f"quantize.methods: {method} searches by top-1 agreement of class logits; for a "
-                                  "regression model use onnx-int8-static, openvino-int8 or fp16")
+        check_optimized_only(recipe, "regression", "an .onnx, OpenVINO .xml or .pt2 file",
+                             "onnx-int8-static, openvino-int8 or fp16")
 
     def card(self, ctx, chosen: list) -> dict[str, Any]:
         source = Path(ctx.recipe.model.source).name
