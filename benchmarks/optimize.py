@@ -72,7 +72,6 @@ def write_photo_crops(folder: Path, count: int, *, seed: int = 0) -> None:
     """``count`` JPEG crops of scikit-image's sample photos straight in ``folder`` (unlabelled): random position,
     aspect ratio (0.6-1.6) and size (longer side 120-400 px), as a user's photos come."""
     import skimage.data
-    from PIL import Image
 
     photos = []
     for name in PHOTOS:
@@ -82,16 +81,22 @@ def write_photo_crops(folder: Path, count: int, *, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        photo = photos[i % len(photos)]
-        height, width = photo.shape[:2]
-        aspect = rng.uniform(0.6, 1.6)  # width / height of the crop
-        crop_h = int(rng.uniform(0.4, 1.0) * min(height, width / aspect))
-        crop_w = int(crop_h * aspect)
-        top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
-        scale = int(rng.integers(120, 401)) / max(crop_h, crop_w)
-        crop = Image.fromarray(np.ascontiguousarray(photo[top : top + crop_h, left : left + crop_w]))
-        crop = crop.resize((max(1, round(crop_w * scale)), max(1, round(crop_h * scale))), Image.BILINEAR)
-        crop.save(folder / f"{i:04d}.jpg", quality=90)
+        random_crop(photos[i % len(photos)], rng).save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def random_crop(photo: np.ndarray, rng, *, least: float = 0.4, longer: tuple[int, int] = (120, 400)):
+    """A PIL crop of ``photo`` as users' photos come: random position, aspect ratio 0.6-1.6, at least ``least`` of
+    the largest such crop, resized so its longer side is in ``longer`` (px)."""
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    aspect = rng.uniform(0.6, 1.6)  # width / height of the crop
+    crop_h = int(rng.uniform(least, 1.0) * min(height, width / aspect))
+    crop_w = int(crop_h * aspect)
+    top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+    scale = int(rng.integers(longer[0], longer[1] + 1)) / max(crop_h, crop_w)
+    crop = Image.fromarray(np.ascontiguousarray(photo[top : top + crop_h, left : left + crop_w]))
+    return crop.resize((max(1, round(crop_w * scale)), max(1, round(crop_h * scale))), Image.BILINEAR)
 
 
 @dataclasses.dataclass

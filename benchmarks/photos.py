@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compression import machine_lines  # noqa: E402  (benchmarks/compression.py)
+from optimize import random_crop  # noqa: E402  (benchmarks/optimize.py)
 
 CLASSES = {"cat": ["chelsea", "cat"], "coffee": ["coffee"], "rocket": ["rocket"], "astronaut": ["astronaut"],
            "texture": ["brick", "grass", "gravel"]}
@@ -82,8 +83,6 @@ def _save(image, kind: str, path: Path) -> Path:
 def write_photo_folder(folder: Path, per_class: int, *, seed: int = 0) -> dict[str, int]:
     """``folder/<class>/<i>.jpg|png``: random crops (aspect 0.6-1.6, longer side 180-640 px) of each class's photos,
     saved as the KINDS in turn, plus one corrupt file; returns how many of each kind were written."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
     staging = folder.with_name(folder.name + ".part")
@@ -92,15 +91,7 @@ def write_photo_folder(folder: Path, per_class: int, *, seed: int = 0) -> dict[s
         photos = _photos(sources)
         (staging / name).mkdir(parents=True)
         for i in range(per_class):
-            photo = photos[i % len(photos)]
-            height, width = photo.shape[:2]
-            aspect = rng.uniform(0.6, 1.6)
-            crop_h = int(rng.uniform(0.45, 1.0) * min(height, width / aspect))
-            crop_w = int(crop_h * aspect)
-            top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
-            scale = int(rng.integers(180, 641)) / max(crop_h, crop_w)
-            crop = Image.fromarray(np.ascontiguousarray(photo[top: top + crop_h, left: left + crop_w]))
-            crop = crop.resize((max(1, round(crop_w * scale)), max(1, round(crop_h * scale))), Image.BILINEAR)
+            crop = random_crop(photos[i % len(photos)], rng, least=0.45, longer=(180, 640))
             kind = KINDS[i % len(KINDS)]
             _save(crop, kind, staging / name / f"{name}-{i:03d}")
             counts[kind] = counts.get(kind, 0) + 1
