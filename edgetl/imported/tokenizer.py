@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._io import atomic_path
 from ..errors import BackendUnavailable, RecipeError
-
-if TYPE_CHECKING:
-    from .model import SourceModel
 
 # A tokenizer_config.json's model_max_length above this is transformers' "no limit" placeholder (1e30), not a limit
 SANE_LENGTH = 8192
@@ -87,8 +84,9 @@ def _pad_token(config: dict[str, Any], tokenizer) -> str:
                       "give a tokenizer folder whose tokenizer_config.json names its pad_token")
 
 
-def default_length(model: SourceModel, config: dict[str, Any]) -> int:
-    """The max_length a text model file is run at when text.max_length is 0: the model's own edgetl
+def default_length(model: Any, config: dict[str, Any]) -> int:
+    """The max_length a text model file (``model``: an ``edgetl.imported.SourceModel``, not imported here: the
+    model module imports this one) is run at when text.max_length is 0: the model's own edgetl
     preprocessing, the tokenizer folder's sentence-transformers max_seq_length, its tokenizer_config.json
     model_max_length (when it is a real limit), else 512."""
     own = (model.preprocess or {}).get("max_length") if (model.preprocess or {}).get("kind") == "text" else None
@@ -101,7 +99,7 @@ def default_length(model: SourceModel, config: dict[str, Any]) -> int:
     return DEFAULT_LENGTH
 
 
-def token_preprocess(model: SourceModel, max_length: int | None):
+def token_preprocess(model: Any, max_length: int | None):
     """The TextPreprocess of a text model file: ``model.tokenizer``'s settings, only the token inputs the model
     has, at ``max_length`` (None: ``default_length``). One-line errors for a model without token inputs or
     without a tokenizer."""
