@@ -64,3 +64,17 @@ def tiny_exports(tmp_path, tiny_model):
     xml_path = tmp_path / "ov" / "tiny.xml"
     export_openvino(onnx_path, xml_path)
     return {"onnxruntime:CPUExecutionProvider": onnx_path, "openvino:CPU": xml_path, "torch:cpu": tiny_model}
+
+
+def fit_briefly(model, preprocess: ImagePreprocess, train: LabeledImages, steps: int = 25):
+    """``model`` trained full-batch on ``train`` for ``steps`` Adam steps (lr 2e-2): enough for the pattern
+    images' classes; the tests seed torch first."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
+    inputs, labels = torch.from_numpy(preprocess.normalize(train.images)), torch.from_numpy(train.labels)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    return model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import pattern_images
+from conftest import fit_briefly, pattern_images
 from PIL import Image
 
 import edgetl.imported.factory  # noqa: F401  (registers the torch-factory format)
@@ -252,12 +252,7 @@ def test_optimize_ships_a_verified_bundle_of_a_factory_model(nets, monkeypatch):
     train = pattern_images(40, seed=1)
     torch.manual_seed(0)
     model = tinynets.make()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-    inputs, labels = torch.from_numpy(preprocess.normalize(train.images)), torch.from_numpy(train.labels)
-    for _ in range(25):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
-        optimizer.step()
+    fit_briefly(model, preprocess, train)
     save_file(model.state_dict(), str(nets / "trained.safetensors"))
     photos = pattern_images(30, seed=5)
     for i, (image, label) in enumerate(zip(photos.images, photos.labels)):

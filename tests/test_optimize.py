@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import pattern_images
+from conftest import fit_briefly, pattern_images
 from edgetl.errors import EdgetlError, RecipeError
 
 CLASSES = ["top", "middle", "bottom"]  # pattern_images: class k is a bright band at height k
@@ -38,12 +38,7 @@ def user_files(tmp_path_factory):
     torch.manual_seed(0)
     train = pattern_images(40, seed=1)
     model = create_model("tiny_convnet", num_classes=3, image_size=32, weights=None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-    inputs, labels = torch.from_numpy(preprocess.normalize(train.images)), torch.from_numpy(train.labels)
-    for _ in range(25):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
-        optimizer.step()
+    fit_briefly(model, preprocess, train)
     torch.onnx.export(model.eval(), (torch.zeros(1, 3, 32, 32),), str(root / "model.onnx"), input_names=["pixels"],
                       output_names=["scores"], dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}},
                       opset_version=17, dynamo=False)
