@@ -257,3 +257,12 @@ def test_augment_flips_and_shifts_within_bounds():
         assert torch.equal(out, image) or torch.equal(out, image.flip(2))
     shifted = shift(batch, 1 / 8, torch.Generator())  # up to 1 of 8 pixels
     assert shifted.shape == batch.shape and not torch.equal(shifted, batch)
+
+
+@pytest.mark.parametrize("decay", [0.5, 1.0])
+def test_each_deeper_group_learns_at_layer_lr_decay_times_the_one_above(tmp_path, decay):
+    tasks.finetune(recipe("finetune.unfreeze=[3]", "finetune.stage_epochs=[1]", f"finetune.layer_lr_decay={decay}",
+                          "finetune.probe_epochs=1"), tiny_splits(), tmp_path, progress=False)
+    groups = torch.load(tmp_path / STATE_FILE, weights_only=False)["optimizer"]["param_groups"]
+    assert len(groups) >= 3  # the head, then the unfrozen groups from the output side
+    assert [g["initial_lr"] for g in groups] == pytest.approx([0.01 * decay**i for i in range(len(groups))])

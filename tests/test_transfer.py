@@ -82,6 +82,7 @@ def test_scratch_recipe_is_random_weights_every_group_and_the_same_epochs():
     copy = scratch_recipe(recipe)
     assert copy.model.weights == "none" and copy.finetune.unfreeze == [3]  # tiny_convnet has 3 groups
     assert copy.finetune.stage_epochs == [5] and copy.finetune.probe_epochs == 4 and not copy.finetune.scratch_baseline
+    assert copy.finetune.layer_lr_decay == 1.0 and recipe.finetune.layer_lr_decay == 0.7  # random layers: one lr
     same = {"lr", "batch_size", "patience", "weight_decay", "label_smoothing", "augment", "threads"}
     assert all(getattr(copy.finetune, k) == getattr(recipe.finetune, k) for k in same)
     assert copy.data == recipe.data and copy.run == recipe.run and copy.model.backbone == recipe.model.backbone

@@ -6,9 +6,9 @@ the run summary (``transfer``), the CLI and the bundle's model card carry it. Ru
 nothing was fine-tuned.
 
 The scratch run is the task's own fine-tune on a copy of the recipe (``scratch_recipe``): ``model.weights =
-"none"``, every parameter group trainable from the start in one stage of ``sum(finetune.stage_epochs)`` epochs (one
-schedule over the whole budget; staged unfreezing protects pre-trained features, and random ones have none to
-protect), everything else as the recipe says. The trainer's linear probe still runs its ``probe_epochs`` first: on
+"none"``, every parameter group trainable from the start in one stage of ``sum(finetune.stage_epochs)`` epochs at
+one learning rate (``layer_lr_decay = 1``: staged unfreezing and lower rates for deeper groups protect pre-trained
+features, and random ones have none to protect), everything else as the recipe says. The trainer's linear probe still runs its ``probe_epochs`` first: on
 random features it only warms up the head, and its accuracy is not reported. The scratch run is cached and resumed
 like the teacher (the trainer's key covers the copy's recipe and the data), and the teacher, the student and their
 artifacts never see the switch (``without_scratch``): turning it on trains the baseline and nothing else.
@@ -72,14 +72,15 @@ def check_scratch(recipe: Recipe) -> None:
 
 def scratch_recipe(recipe: Recipe) -> Recipe:
     """The copy of ``recipe`` the from-scratch baseline trains: random weights, every group trainable in one stage
-    of the fine-tune's total epochs, the switch itself off."""
+    of the fine-tune's total epochs at one learning rate (random layers have nothing to protect), the switch itself
+    off."""
     check_scratch(recipe)
     finetune = recipe.finetune
     groups = SCRATCH_GROUPS.get(get_task(recipe).kind)(recipe.model.backbone, recipe.model.image_size)
     return dataclasses.replace(
         recipe, model=dataclasses.replace(recipe.model, weights="none"),
         finetune=dataclasses.replace(finetune, unfreeze=[groups], stage_epochs=[sum(finetune.stage_epochs)],
-                                     scratch_baseline=False))
+                                     layer_lr_decay=1.0, scratch_baseline=False))
 
 
 def train_scratch(ctx) -> Any:

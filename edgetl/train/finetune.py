@@ -33,11 +33,6 @@ from .parallel import Parallel
 
 PROBE = "probe"
 
-# Each unfrozen group further from the output learns at this fraction of the one above it: deeper
-# features are more generic and need less change (1.5 points on Fashion-MNIST against no decay).
-LAYER_LR_DECAY = 0.7
-
-
 @dataclass
 class FinetuneResult:
     """What a fine-tune achieved; accuracies in percent, ``test_accuracy`` of the best checkpoint."""
@@ -236,7 +231,7 @@ class _Trainer:
         self.model.requires_grad_(False)
         param_groups = []
         for depth, params in enumerate(self.hooks.param_groups(self.model, n_groups)):
-            param_groups.append({"params": params, "lr": self.config.lr * LAYER_LR_DECAY**depth})
+            param_groups.append({"params": params, "lr": self.config.lr * self.config.layer_lr_decay**depth})
             for param in params:
                 param.requires_grad_(True)
         return torch.optim.AdamW(param_groups, lr=self.config.lr, weight_decay=self.config.weight_decay)

@@ -40,7 +40,7 @@ class TrainHooks(Protocol):
 
     def param_groups(self, model: nn.Module, stage_groups: int) -> list[list[nn.Parameter]]:
         """The parameters trained with ``finetune.unfreeze = stage_groups``, head first, then each group deeper;
-        group i learns at ``lr * LAYER_LR_DECAY ** i``."""
+        group i learns at ``lr * finetune.layer_lr_decay ** i``."""
 
     def max_groups(self, model: nn.Module) -> int:
         """The largest ``finetune.unfreeze`` value this model accepts."""
