@@ -92,6 +92,11 @@ def check_recipe(recipe: Recipe) -> None:
     if len(ft.unfreeze) != len(ft.stage_epochs):
         raise RecipeError(f"finetune.unfreeze has {len(ft.unfreeze)} stages but finetune.stage_epochs has "
                           f"{len(ft.stage_epochs)}; give one epoch count per stage")
+    from .bench.paired import MIN_ROUNDS  # numpy: imported when a recipe is checked, not by `edgetl --help`
+
+    if 0 < recipe.bench.race_rounds < MIN_ROUNDS:
+        raise RecipeError(f"bench.race_rounds = {recipe.bench.race_rounds} gives no 95% interval of a latency ratio; "
+                          f"use at least {MIN_ROUNDS}, or 0 to compare medians without a race")
     if q.calibration_size < q.min_calibration_size:
         raise RecipeError(f"quantize.calibration_size ({q.calibration_size}) must be >= quantize.min_calibration_size "
                           f"({q.min_calibration_size}); raise the first or lower the second")

@@ -224,6 +224,14 @@ class BenchConfig:
     warmup: int = ranged(10, ge=0)
     min_runs: int = ranged(30, ge=1)
     max_seconds: float = ranged(5.0, gt=0)  # per variant and batch size
+    # What ships is decided by a race (edgetl.pipeline.race): the passing candidates timed back to back in this many
+    # rounds at the smallest batch size, compared by the 95% interval of their latency ratio; 0 = by the medians
+    # above, taken one model at a time (noise on a busy machine can then flip the choice)
+    race_rounds: int = ranged(20, ge=0, note="0 = no race; else at least 6")
+    race_calls: int = ranged(5, ge=1)  # timed calls per candidate and round (their median is the round's time)
+    # One candidate is faster than another only when the whole interval of the ratio is this far from 1; else tied,
+    # and the smaller file, then the higher agreement, then the simpler runtime (onnxruntime) ships
+    race_margin: float = ranged(0.05, ge=0, lt=1)
 
 
 @dataclass

@@ -115,7 +115,7 @@ def measure(
         raise EdgetlError(f"target_rel_ci must be >= 0, got {target_rel_ci}")
     if max_runs is not None and max_runs < min_runs:
         raise EdgetlError(f"max_runs ({max_runs}) must be at least min_runs ({min_runs})")
-    batch = _make_batch(runner, batch_size, make_input, input_shape)
+    batch = make_batch(runner, batch_size, make_input, input_shape)
     run = timed_runs(
         lambda: runner.predict(batch),
         warmup=warmup,
@@ -196,7 +196,7 @@ def benchmark(
     cold_start_s: float | None = None
     if open_fn is not None:
         smallest = min(sizes)
-        cold_start_s = measure_cold_start(open_fn, _make_batch(runner, smallest, make_input, input_shape))
+        cold_start_s = measure_cold_start(open_fn, make_batch(runner, smallest, make_input, input_shape))
 
     stats = [
         measure(
@@ -233,12 +233,14 @@ def benchmark(
     )
 
 
-def _make_batch(
+def make_batch(
     runner: Runner,
     batch_size: int,
     make_input: Callable[[int], np.ndarray] | None,
     input_shape: Sequence[int] | None,
 ) -> np.ndarray:
+    """The batch of ``batch_size`` a runner is timed on: ``make_input(batch_size)``, else a random one of the
+    runner's input spec (``input_shape`` filling what it leaves open)."""
     if make_input is None:
         return random_input(runner.input_spec, batch_size, input_shape)
     batch = np.asarray(make_input(batch_size))

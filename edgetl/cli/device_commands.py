@@ -62,7 +62,7 @@ def bench(
                               "--shape NAME=1x3x224x224")
         stages, ctx = stages_context(source, set_, quiet)
         validation, benchmarks = stages.validate_stage(ctx), stages.bench_stage(ctx)
-        decisions = stages.select(ctx, validation, benchmarks)
+        decisions = stages.decide(ctx, validation, benchmarks)
         print_summary(stages.summary_rows(validation, benchmarks, decisions), decisions)
         return
     if source is None:

@@ -9,7 +9,8 @@ last checkpoint. Artifacts are named ``[student-]<variant>``: ``onnx-fp32`` is t
 ONNX, ``student-openvino-int8`` the distilled student quantized by NNCF.
 
 Modules: ``context`` (RunContext), ``plan`` (the artifact plan), ``artifacts`` (each made once), ``stages``,
-``select`` (what ships, the summary table), ``ship``, ``run``.
+``race`` (the passing artifacts timed together), ``select`` (what ships, judged on the race; the summary table),
+``ship``, ``run``.
 
 >>> summary = run(load_recipe("banking77"))
 """
@@ -19,7 +20,7 @@ from . import lock
 from .context import RunContext
 from .plan import Planned, plan
 from .run import run
-from .select import distill_summary, select, summary_rows
+from .select import decide, distill_summary, select, summary_rows
 from .ship import ship_stage
 from .stages import (
     bench_stage, contract_stage, distill_stage, export_stage, finetune_stage, qat_stage, quantize_stage,
@@ -27,7 +28,7 @@ from .stages import (
 )
 
 __all__ = [
-    "Planned", "RunContext", "bench_stage", "contract_stage", "distill_stage", "distill_summary", "export_stage",
+    "Planned", "RunContext", "bench_stage", "contract_stage", "decide", "distill_stage", "distill_summary", "export_stage",
     "finetune_stage", "lock", "made", "plan", "qat_stage", "quantize_stage", "run", "scratch_stage", "select",
     "ship_stage", "summary_rows", "validate_artifact", "validate_stage",
 ]

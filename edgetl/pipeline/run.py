@@ -11,7 +11,7 @@ from ..settings import Recipe
 from ..train.launch import is_main_process
 from .context import RunContext
 from .lock import run_lock
-from .select import distill_summary, select, summary_rows
+from .select import decide, distill_summary, summary_rows
 from .ship import ship_stage
 from .stages import (
     bench_stage,
@@ -54,7 +54,7 @@ def _run(ctx: RunContext) -> dict[str, Any]:
     timed("quantize", quantize_stage, ctx)
     validation = timed("validate", validate_stage, ctx)
     benchmarks = timed("bench", bench_stage, ctx)
-    decisions = select(ctx, validation, benchmarks)
+    decisions = timed("select", decide, ctx, validation, benchmarks)  # the race among the passing artifacts
     shipped = timed("ship", ship_stage, ctx, validation, benchmarks, decisions)
     summary = {
         "run": recipe.run.name,

@@ -11,7 +11,7 @@ from ..errors import BundleError
 from ..tasks import STUDENT, TEACHER
 from .context import RunContext
 from .plan import Planned
-from .select import select
+from .select import decide
 from .stages import bench_stage, validate_stage
 
 
@@ -22,7 +22,7 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
 
     validation = validation or validate_stage(ctx)
     benchmarks = benchmarks or bench_stage(ctx)
-    decisions = decisions or select(ctx, validation, benchmarks)
+    decisions = decisions or decide(ctx, validation, benchmarks)
     chosen, default = shipped_artifacts(ctx, decisions)
     artifacts = [Artifact(name=a.name, format=a.format, files=ctx.shipped_files(a), runtime=a.runtime,
                           validation=validation[a.name], benchmark=benchmarks.get(a.name)) for a in chosen]
