@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from edgetl.bench.plan import agent_request, load_bundle, plan_runs
 from edgetl.bench.remote import AGENT_FILES, RemoteError, bench_target, bench_targets, check_target
+from edgetl.bench.results import TargetsReport
 from edgetl.bench.targets import SHIPPED_DIR, TargetProfile, list_targets, load_target
 from edgetl.bundle import BENCH_FILE, SLICE_FILE, Artifact, ValidationSlice, ship, verify
 from edgetl.cli import app
@@ -207,6 +208,13 @@ def test_local_cpu_measures_and_validates_on_the_device(bundle: Path):
         assert rt.cold_start_s > 0 and s["peak_rss_mb"] > 0
     assert result.runtime("openvino:CPU").artifact == "openvino-fp32"
     assert result.environment["cpu"] and result.environment["versions"]["openvino"]
+    # The pick rests on the race: both runtimes timed in the same rounds, the runner-up's ratio recorded.
+    assert set(result.race["times_ms"]) == {"onnxruntime:CPUExecutionProvider", "openvino:CPU"}
+    report = TargetsReport("b", {"local-cpu": result})
+    pick = report.choices()["local-cpu"]
+    assert pick["ratio"]["vs"] != pick["runtime"] and pick["ratio"]["rounds"] == result.race["rounds"]
+    assert pick["ratio"]["low"] <= pick["ratio"]["ratio"] <= pick["ratio"]["high"]
+    assert "paired rounds" in report.notes()[0]
 
 
 def test_one_core_target_is_pinned_capped_and_says_it_is_emulated(bundle: Path):
@@ -288,7 +296,7 @@ def test_the_agent_runs_without_edgetl(bundle: Path, tmp_path: Path):
     It probes a runtime, then measures the bundle with the host's own runners (shipped as backends.py)."""
     for name, source in AGENT_FILES.items():
         shutil.copy(source, tmp_path / name)
-    assert set(AGENT_FILES) == {"agent.py", "backends.py", "loop.py", "stats.py", "environment.py"}
+    assert set(AGENT_FILES) == {"agent.py", "backends.py", "loop.py", "stats.py", "paired.py", "environment.py"}
     loaded = load_bundle(bundle)
     profile = quick("local-cpu", batch_sizes=[1])
     runs, _ = plan_runs(loaded, profile)
@@ -312,6 +320,9 @@ def test_the_agent_runs_without_edgetl(bundle: Path, tmp_path: Path):
     opened = [e for e in events if e["event"] == "runtime"]
     assert [e["status"] for e in opened] == ["ok", "ok"] and opened[0]["settings"]["intra_op_num_threads"] == 0
     assert len([e for e in events if e["event"] == "stats"]) == 2 and events[-1] == {"event": "done"}
+    race = next(e for e in events if e["event"] == "race")  # both runtimes timed back to back
+    assert race["batch_size"] == 1 and {k: len(v) for k, v in race["times_ms"].items()} == {
+        "onnxruntime:CPUExecutionProvider": race["rounds"], "openvino:CPU": race["rounds"]}
 
 
 def test_what_is_timed_without_bench_inputs_or_a_slice(tmp_path: Path):

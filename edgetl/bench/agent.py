@@ -12,6 +12,7 @@ device (or to a temporary folder for a local target), runs it, and reads JSON li
                                 embedding bundle's (N, D) embeddings too: the host knows which from the manifest)
     {"event": "stats", ...}     latency statistics at one batch size
     {"event": "skipped", ...}   a batch size a static-batch model cannot take
+    {"event": "race", ...}      the runtimes that ran, timed back to back in interleaved rounds (``paired.py``)
     {"event": "error", ...}     timeout, a missing package, or a failure; the agent then exits non-zero
     {"event": "done"}
 
@@ -179,38 +180,60 @@ def bench(request: dict[str, Any], events: Events) -> None:
     events.emit("inputs", **_describe_inputs(backends, rows, request.get("inputs"), request.get("input_shape")))
     sizes = sorted(int(b) for b in request["batch_sizes"])
     warmup = int(request["warmup"])
-    for run in request["runs"]:
-        runtime, artifact = run["runtime"], run.get("artifact")
-        start = time.perf_counter_ns()
-        try:
-            runner = open_runtime(backends, runtime, os.path.join(root, run["model"]), threads)
-        except backends.BackendUnavailable as exc:
-            events.emit("runtime", runtime=runtime, artifact=artifact, status=str(exc))
+    racers: dict[str, Any] = {}  # runtime -> predict on a batch of sizes[0], kept open for the race
+    try:
+        for run in request["runs"]:
+            _bench_run(here, backends, request, run, root, threads, sizes, warmup, rows, slice_inputs, events, racers)
+        rounds = int(request.get("race_rounds", 0))
+        if rounds and len(racers) > 1:
+            times = here.paired.interleaved_rounds({rt: call for rt, (call, _) in racers.items()}, rounds=rounds,
+                                                   calls_per_round=int(request.get("race_calls", 5)))
+            events.emit("race", batch_size=sizes[0], rounds=rounds, times_ms=times)
+    finally:
+        for _, runner in racers.values():
+            runner.close()
+
+
+def _bench_run(here, backends, request, run, root, threads, sizes, warmup, rows, slice_inputs, events,
+               racers) -> None:
+    """One runtime: open it, its outputs on the slice, its stats per batch size; left open in ``racers`` when it
+    can take the smallest batch size (the race), else closed."""
+    runtime, artifact = run["runtime"], run.get("artifact")
+    start = time.perf_counter_ns()
+    try:
+        runner = open_runtime(backends, runtime, os.path.join(root, run["model"]), threads)
+    except backends.BackendUnavailable as exc:
+        events.emit("runtime", runtime=runtime, artifact=artifact, status=str(exc))
+        return
+    fixed = runner.input_spec.fixed_batch
+
+    def batch_of(size: int) -> Any:
+        return _timed_batch(backends, rows, request.get("input_shape"), size, runner.input_spec.dtype)
+
+    runner.predict(batch_of(fixed or sizes[0]))
+    cold_start_s = (time.perf_counter_ns() - start) / 1e9
+    events.emit("runtime", runtime=runtime, artifact=artifact, status="ok", cold_start_s=cold_start_s,
+                settings=here.environment.runtime_settings(runner))
+    if slice_inputs is not None:
+        events.emit("outputs", runtime=runtime, logits=_logits_on(backends, runner, slice_inputs))
+    for size in sizes:
+        if fixed is not None and size != fixed:
+            events.emit("skipped", runtime=runtime, batch_size=size,
+                        reason=f"the model's batch size is fixed at {fixed}")
             continue
-        fixed = runner.input_spec.fixed_batch
-
-        def batch_of(size: int) -> Any:
-            return _timed_batch(backends, rows, request.get("input_shape"), size, runner.input_spec.dtype)
-
-        runner.predict(batch_of(fixed or sizes[0]))
-        cold_start_s = (time.perf_counter_ns() - start) / 1e9
-        events.emit("runtime", runtime=runtime, artifact=artifact, status="ok", cold_start_s=cold_start_s,
-                    settings=here.environment.runtime_settings(runner))
-        if slice_inputs is not None:
-            events.emit("outputs", runtime=runtime, logits=_logits_on(backends, runner, slice_inputs))
-        for size in sizes:
-            if fixed is not None and size != fixed:
-                events.emit("skipped", runtime=runtime, batch_size=size,
-                            reason=f"the model's batch size is fixed at {fixed}")
-                continue
-            batch = batch_of(size)
-            timed = here.loop.timed_runs(lambda: runner.predict(batch), warmup=warmup,
-                                         min_runs=int(request["min_runs"]), max_seconds=float(request["max_seconds"]),
-                                         target_rel_ci=float(request["target_rel_ci"]))
-            summary = here.stats.summarize(timed.samples_ns, batch_size=size, stopped_by=timed.stopped_by,
-                                           peak_rss_mb=here.environment.peak_rss_mb(), first_run_ms=timed.first_run_ms,
-                                           warmup_runs=warmup, timed_seconds=timed.timed_seconds)
-            events.emit("stats", runtime=runtime, stats=summary.to_dict())
+        batch = batch_of(size)
+        timed = here.loop.timed_runs(lambda b=batch: runner.predict(b), warmup=warmup,
+                                     min_runs=int(request["min_runs"]),
+                                     max_seconds=float(request["max_seconds"]),
+                                     target_rel_ci=float(request["target_rel_ci"]))
+        summary = here.stats.summarize(timed.samples_ns, batch_size=size, stopped_by=timed.stopped_by,
+                                       peak_rss_mb=here.environment.peak_rss_mb(), first_run_ms=timed.first_run_ms,
+                                       warmup_runs=warmup, timed_seconds=timed.timed_seconds)
+        events.emit("stats", runtime=runtime, stats=summary.to_dict())
+    if fixed is None or fixed == sizes[0]:
+        first = batch_of(sizes[0])
+        racers[runtime] = (lambda: runner.predict(first), runner)
+    else:
         runner.close()
 
 
@@ -244,13 +267,14 @@ def _siblings() -> Any:
     package's own inside edgetl, the copies beside this file on a device. Importing them needs numpy."""
     if __package__:
         from ..runners import backends
-        from . import environment, loop, stats
+        from . import environment, loop, paired, stats
     else:
         import backends  # type: ignore[no-redef]
         import environment  # type: ignore[no-redef]
         import loop  # type: ignore[no-redef]
+        import paired  # type: ignore[no-redef]
         import stats  # type: ignore[no-redef]
-    return types.SimpleNamespace(backends=backends, environment=environment, loop=loop, stats=stats)
+    return types.SimpleNamespace(backends=backends, environment=environment, loop=loop, paired=paired, stats=stats)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ AGENT_FILES: dict[str, Path] = {
     "backends.py": _HERE.parent / "runners" / "backends.py",
     "loop.py": _HERE / "loop.py",
     "stats.py": _HERE / "stats.py",
+    "paired.py": _HERE / "paired.py",
     "environment.py": _HERE / "environment.py",
 }
 

@@ -117,7 +117,7 @@ def agent_request(bundle: BundleData, profile: TargetProfile, runs: list[dict[st
     return {
         "target": profile.name, "threads": profile.threads, "batch_sizes": profile.batch_sizes,
         "warmup": m.warmup, "min_runs": m.min_runs, "max_seconds": m.max_seconds, "target_rel_ci": m.target_rel_ci,
-        "timeout_s": m.timeout_s, "runs": runs, "slice": bundle.slice_file, "inputs": bundle.timed_inputs,
+        "timeout_s": m.timeout_s, "race_rounds": m.race_rounds, "race_calls": m.race_calls, "runs": runs, "slice": bundle.slice_file, "inputs": bundle.timed_inputs,
         "input_shape": bundle.manifest.get("input_shape"),
         "sha256": {f: files[f]["sha256"] for f in dict.fromkeys(needed)},
     }

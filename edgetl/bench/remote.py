@@ -201,6 +201,9 @@ def _read_measurements(result: TargetResult, events: list[dict[str, Any]], bundl
             by_runtime[event["runtime"]].stats.append(event["stats"])
         elif kind == "skipped":
             by_runtime[event["runtime"]].skipped.append(f"batch {event['batch_size']}: {event['reason']}")
+        elif kind == "race":
+            result.race = {"batch_size": event["batch_size"], "rounds": event["rounds"], "times_ms": event["times_ms"],
+                           "margin": profile.measure.race_margin}
     for rt in result.runtimes:
         rt.budget = over_budget(profile, rt)
 

@@ -46,6 +46,8 @@ class TargetResult:
     error: str | None = None
     error_kind: str | None = None
     seconds: float = 0.0
+    # The runtimes that ran, timed back to back on the device (batch_size, rounds, margin, times_ms per runtime)
+    race: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,18 +101,24 @@ class TargetsReport:
 
     def choices(self) -> dict[str, dict[str, Any]]:
         """Per target, the fastest (artifact, runtime) that ran, passed the device-side validation check and kept
-        within the profile's budgets, at the smallest batch size measured; or why there is none."""
+        within the profile's budgets, at the smallest batch size measured; or why there is none. "Fastest" is
+        judged on the device's race when it ran one (``edgetl.bench.paired``: a lead within the margin, or not
+        measured precisely enough, is a tie, won by the smaller file, then the higher agreement, then the runtime
+        listed first in the profile), else on the medians; ``ratio`` is the runner-up's latency over the pick's."""
         picks: dict[str, dict[str, Any]] = {}
         for name, result in self.results.items():
-            fit = [(min(rt.stats, key=lambda s: s["batch_size"]), rt) for rt in result.runtimes
-                   if rt.ok and rt.stats and not rt.budget and (rt.validation is None or rt.validation["passed"])]
+            fit = {rt.runtime: (min(rt.stats, key=lambda s: s["batch_size"]), rt) for rt in result.runtimes
+                   if rt.ok and rt.stats and not rt.budget and (rt.validation is None or rt.validation["passed"])}
             if not fit:
                 why = result.error or "no runtime ran, passed validation and kept within the budgets"
                 picks[name] = {"artifact": None, "reason": why}
                 continue
-            stats, best = min(fit, key=lambda pair: pair[0]["median_ms"])
+            chosen, ratio = _pick(result, fit)
+            stats, best = fit[chosen]
             picks[name] = {"artifact": best.artifact, "runtime": best.runtime, "batch_size": stats["batch_size"],
                            "median_ms": stats["median_ms"], "validated": best.validation is not None}
+            if ratio is not None:
+                picks[name]["ratio"] = ratio
         return picks
 
     def notes(self) -> list[str]:
@@ -119,7 +127,7 @@ class TargetsReport:
         results = self.results.values()
         lines = list(self.remarks)
         lines += [f"{name}: use {c['artifact']} on {c['runtime']} ({c['median_ms']:.3g} ms at batch {c['batch_size']}"
-                  f"{'' if c['validated'] else f', not validated: {self.unvalidated}'})"
+                  f"{_versus(c.get('ratio'))}{'' if c['validated'] else f', not validated: {self.unvalidated}'})"
                   if c["artifact"] else f"{name}: nothing to use: {c['reason']}" for name, c in self.choices().items()]
         lines += [f"{r.target} {rt.runtime}: {rt.status}" for r in results for rt in r.runtimes if not rt.ok]
         lines += [f"{r.target}: error: {r.error}" for r in results if r.error and r.error_kind != "runtime"]
@@ -133,6 +141,37 @@ class TargetsReport:
         return {"bundle": self.bundle, "created": self.created, "rows": self.rows(wide=True), "notes": self.notes(),
                 "choices": self.choices(),
                 "targets": {name: result.to_dict() for name, result in self.results.items()}}
+
+
+def _pick(result: TargetResult, fit: dict[str, tuple[dict[str, Any], RuntimeResult]]
+          ) -> tuple[str, dict[str, Any] | None]:
+    """(the runtime to use among ``fit``, the runner-up's latency ratio to it or None)."""
+    from .paired import pick
+
+    times = (result.race or {}).get("times_ms", {})
+    raced = [rt for rt in fit if rt in times]
+    if len(raced) < 2 or len(raced) < len(fit) or any(s["batch_size"] != result.race["batch_size"]
+                                                      for s, _ in fit.values()):
+        return min(fit, key=lambda rt: fit[rt][0]["median_ms"]), None
+    order = [rt.runtime for rt in result.runtimes]
+
+    def tie_key(runtime: str) -> tuple:
+        rt = fit[runtime][1]
+        agreement = (rt.validation or {}).get("agreement") or 0.0
+        return (rt.model_size_bytes or 0, -agreement, order.index(runtime))
+
+    chosen = pick({rt: times[rt] for rt in raced}, tie_key=tie_key, margin=result.race.get("margin", 0.05))
+    rival = min(chosen.ratios, key=lambda rt: chosen.ratios[rt].ratio)
+    return chosen.winner, {"vs": rival, "tied": rival in chosen.tied, **chosen.ratios[rival].to_dict()}
+
+
+def _versus(ratio: dict[str, Any] | None) -> str:
+    """``; 1.31× (95% CI 1.25-1.40) for openvino:CPU``: the runner-up's latency over the pick's, from the race."""
+    if not ratio:
+        return ""
+    tied = ", tied: the smaller file or listed first" if ratio["tied"] else ""
+    return (f"; {ratio['vs']} {ratio['ratio']:.2f}× its latency (95% CI {ratio['low']:.2f}-{ratio['high']:.2f}, "
+            f"{ratio['rounds']} paired rounds{tied})")
 
 
 def target_rows(result: TargetResult, *, wide: bool = False) -> list[dict[str, Any]]:

@@ -49,6 +49,11 @@ class Measure:
     max_seconds: float = ranged(5.0, ge=0)
     target_rel_ci: float = ranged(0.02, ge=0)
     timeout_s: int = ranged(600, ge=1)
+    # The target's pick: the runtimes that ran are timed back to back in this many rounds at the smallest batch size
+    # and compared by the 95% interval of their latency ratio (edgetl.bench.paired); 0 = by their medians
+    race_rounds: int = ranged(20, ge=0, note="0 = no race; else at least 6")
+    race_calls: int = ranged(5, ge=1)
+    race_margin: float = ranged(0.05, ge=0, lt=1)  # faster only when the interval is this far from 1, else tied
 
 
 @dataclass
