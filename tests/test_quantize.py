@@ -87,6 +87,9 @@ def test_accuracy_aware_static_int8_keeps_the_costly_layers_in_fp32(trained, tmp
     assert settings["all_int8_agreement"] < 1.0, "the dim calibration should have broken all-INT8"
     assert settings["fp32_layers"] and settings["agreement"] == 1.0 and settings["accuracy_drop"] <= 0.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"], "search files left behind"
+    worth = settings["latency_vs_fp32_batch1"]  # is INT8 worth it here: paired rounds against the FP32 source
+    assert worth["rounds"] == 20 and 0 < worth["low"] <= worth["ratio"] <= worth["high"]
+    assert any("the FP32 model's latency" in note for note in info.notes)
     import onnx
 
     graph = onnx.load(str(tmp_path / "model.onnx")).graph

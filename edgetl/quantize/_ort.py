@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..bench.paired import MARGIN
 from ..errors import BackendUnavailable, QuantizationError, QuantizationSkipped
 from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, failure_from
 
@@ -271,13 +273,33 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
         "all_int8_agreement": round(first.agreement, 4), "all_int8_accuracy_drop": first.accuracy_drop,
         "agreement": round(report.agreement, 4), "accuracy_drop": report.accuracy_drop,
         "fp32_layers": reverted, "ranked_layers": len(ranked), "search_seconds": round(time.perf_counter() - start, 1)}
+    worth = _versus_fp32(out, source, calibration)
+    settings["latency_vs_fp32_batch1"] = worth.to_dict()
     info = _finish(out, model, method, settings, calibration)
     info.notes += notes + _saturation_notes(config)
     if reverted:
         named = ", ".join(reverted[:3]) + (f" and {len(reverted) - 3} more" if len(reverted) > 3 else "")
         info.notes.append(f"all-INT8 reached {first.agreement:.2%} agreement on {len(data)} validation samples; "
                           f"{len(reverted)} of {len(ranked)} layers kept in FP32 to pass ({named})")
+    verdict = worth.verdict()
+    info.notes.append(f"at batch 1 on this host it runs at {worth.describe()} the FP32 model's latency"
+                      + ("" if verdict == "faster" else f": not clearly faster ({verdict} within "
+                         f"{MARGIN:.0%}); the run's race decides what ships, and a VNNI or ARM target may differ"))
     return info
+
+
+def _versus_fp32(model: Path, fp32: Path, calibration):
+    """The quantized model's batch-1 latency over its FP32 source's on this host, timed in paired rounds on one
+    calibration sample: whether the INT8 layers the search kept pay here (``edgetl.bench.paired``)."""
+    from ..bench.paired import interleaved_rounds, paired_ratio
+    from ..runners import open_runner
+
+    one = ({k: v[:1] for k, v in calibration[0].items()} if is_token_batches(calibration)
+           else np.ascontiguousarray(calibration[:1]))
+    with contextlib.closing(open_runner(model, RUNTIME)) as int8, contextlib.closing(open_runner(fp32, RUNTIME)) as ref:
+        times = interleaved_rounds({"int8": functools.partial(int8.predict, one),
+                                    "fp32": functools.partial(ref.predict, one)}, rounds=20)
+    return paired_ratio(times["int8"], times["fp32"])
 
 
 def _saturation_notes(config) -> list[str]:
