@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgetl.bench import measure
-from edgetl.bench.paired import MARGIN, Ratio, interleaved_rounds, paired_ratio, pick
+from edgetl.bench.paired import MARGIN, SETTLE_SECONDS, Ratio, interleaved_rounds, paired_ratio, pick
 from edgetl.errors import RecipeError
 from edgetl.pipeline.plan import Planned
 from edgetl.pipeline.select import select
@@ -79,7 +79,9 @@ def test_rounds_interleave_every_candidate_in_a_rotating_order():
     order: list[str] = []
     machine = NoisyMachine()
     calls = {name: (lambda n=name: (order.append(n), machine.model(1.0)())) for name in "abc"}
-    times = interleaved_rounds(calls, rounds=6, calls_per_round=2, warmup=1, clock=machine)
+    slept: list[float] = []
+    times = interleaved_rounds(calls, rounds=6, calls_per_round=2, warmup=1, clock=machine, sleep=slept.append)
+    assert slept == [SETTLE_SECONDS] * 18  # a pause before every turn: the previous model's threads go idle
     assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
     firsts = [order[i * 9] for i in range(6)]  # 3 candidates x (1 warm-up + 2 timed) per round
     assert firsts == ["a", "b", "c", "a", "b", "c"]
@@ -99,7 +101,8 @@ def test_a_2x_burst_flips_separate_medians_but_not_the_paired_pick(seed):
     assert old["int8"] > old["fp32"]
     # Paired rounds: the same burst over ~40% of the race hits both candidates of a round alike.
     machine = NoisyMachine(burst=2.0, window_ms=(40.0, 110.0), seed=seed)
-    times = interleaved_rounds({n: machine.model(ms) for n, ms in models.items()}, rounds=20, clock=machine)
+    times = interleaved_rounds({n: machine.model(ms) for n, ms in models.items()}, rounds=20, clock=machine,
+                               settle_s=0)
     assert machine.now / 1e6 > 200  # the burst covered about a third of it
     chosen = pick(times, tie_key=lambda name: 0)
     assert chosen.winner == "int8" and chosen.tied == ["int8"]
@@ -112,7 +115,8 @@ def test_within_the_margin_the_tie_rule_decides_every_time(seed):
     """fp32 2% faster than int8: noise decides which median is lower, the tie rule (smaller file) what ships."""
     machine = NoisyMachine(burst=2.0, window_ms=(30.0, 90.0), seed=seed)
     models, sizes = {"fp32": 0.98, "int8": 1.0}, {"fp32": 4_000_000, "int8": 1_100_000}
-    times = interleaved_rounds({n: machine.model(ms) for n, ms in models.items()}, rounds=20, clock=machine)
+    times = interleaved_rounds({n: machine.model(ms) for n, ms in models.items()}, rounds=20, clock=machine,
+                               settle_s=0)
     chosen = pick(times, tie_key=lambda name: sizes[name])
     assert chosen.winner == "int8" and sorted(chosen.tied) == ["fp32", "int8"]
     assert chosen.ratios["fp32"].verdict() == "tie"

@@ -33,6 +33,10 @@ except ImportError:  # loaded as a top-level module beside the device agent
 
 MARGIN = 0.05  # "faster" needs the whole interval of the ratio at least 5% below 1
 MIN_ROUNDS = 6  # the fewest paired rounds with a distribution-free 95% interval of the median
+# A pause before each candidate's turn: onnxruntime's worker threads keep spinning for tens of ms after a call and,
+# on 2 cores, starve the next model's call. Measured on MobileNetV2 (2 threads, batch 1): FP32 and static INT8
+# took 8.7 and 4.0 ms alone but 13.7 and 8.4 ms back to back; a 50 ms pause brought them back (benchmarks/optimize.py).
+SETTLE_SECONDS = 0.05
 
 Verdict = Literal["faster", "slower", "tie"]
 
@@ -81,11 +85,14 @@ def interleaved_rounds(
     rounds: int = 20,
     calls_per_round: int = 5,
     warmup: int = 2,
+    settle_s: float = SETTLE_SECONDS,
     clock: Callable[[], int] = time.perf_counter_ns,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, list[float]]:
     """Per candidate, one time per round in milliseconds: the median of ``calls_per_round`` timed calls after
-    ``warmup`` untimed ones (caches warmed after the switch from the previous model). Every round times every
-    candidate back to back; the order rotates by one each round, so no candidate always follows the same one."""
+    ``settle_s`` seconds of pause (the previous model's threads go idle) and ``warmup`` untimed calls (caches warmed
+    after the switch). Every round times every candidate back to back; the order rotates by one each round, so no
+    candidate always follows the same one."""
     if rounds < MIN_ROUNDS:
         raise ValueError(f"rounds must be at least {MIN_ROUNDS} for a 95% interval, got {rounds}")
     if calls_per_round < 1 or warmup < 0:
@@ -100,6 +107,8 @@ def interleaved_rounds(
             shift = index % len(names) if names else 0
             for name in names[shift:] + names[:shift]:
                 call = calls[name]
+                if settle_s:
+                    sleep(settle_s)
                 for _ in range(warmup):
                     call()
                 samples = []

@@ -45,7 +45,7 @@ def race_stage(ctx: RunContext, candidates: list) -> dict[str, Any] | None:
 def race(ctx: RunContext, candidates: list) -> dict[str, Any]:
     """Time ``candidates`` together now (``bench.race_rounds`` interleaved rounds at the smallest batch size, on the
     task's bench inputs); the record ``select`` judges on."""
-    from ..bench.paired import interleaved_rounds
+    from ..bench.paired import SETTLE_SECONDS, interleaved_rounds
     from ..bench.timing import make_batch
 
     config = ctx.recipe.bench
@@ -61,5 +61,5 @@ def race(ctx: RunContext, candidates: list) -> dict[str, Any]:
         times = interleaved_rounds(calls, rounds=config.race_rounds, calls_per_round=config.race_calls,
                                    warmup=max(1, min(config.warmup, 3)))
     return {"batch_size": batch_size, "rounds": config.race_rounds, "calls_per_round": config.race_calls,
-            "threads": config.threads, "margin": config.race_margin, "times_ms": times,
+            "threads": config.threads, "margin": config.race_margin, "settle_s": SETTLE_SECONDS, "times_ms": times,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
