@@ -85,10 +85,12 @@ def check_recipe(recipe: Recipe) -> None:
     if not data.val_fraction + data.test_fraction < 1:
         raise RecipeError(f"data.val_fraction + data.test_fraction must be < 1 (something must be left to train on), "
                           f"got {data.val_fraction:g} + {data.test_fraction:g}")
-    if recipe.model.crop_fraction != 1 and recipe.model.resize != "shorter-side+center-crop":
-        raise RecipeError(f"model.crop_fraction {recipe.model.crop_fraction:g} crops the centre after resizing the "
-                          f"shorter side; with model.resize = {recipe.model.resize!r} set it to 1 or use "
-                          "\"shorter-side+center-crop\"")
+    from .preprocess.image import CROPPING
+
+    if recipe.model.crop_fraction != 1 and recipe.model.resize not in CROPPING:
+        raise RecipeError(f"model.crop_fraction {recipe.model.crop_fraction:g} crops the centre after resizing; with "
+                          f"model.resize = {recipe.model.resize!r} set it to 1 or use \"shorter-side+center-crop\" "
+                          "(or \"squash+center-crop\")")
     if len(ft.unfreeze) != len(ft.stage_epochs):
         raise RecipeError(f"finetune.unfreeze has {len(ft.unfreeze)} stages but finetune.stage_epochs has "
                           f"{len(ft.stage_epochs)}; give one epoch count per stage")

@@ -47,10 +47,12 @@ class ModelConfig:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     # How an image of any shape becomes a square model input: "shorter-side+center-crop" (the standard: scale the
-    # shorter side to image_size / crop_fraction, cut the centre square), "squash" (stretch to the square) or
+    # shorter side to image_size / crop_fraction, cut the centre square), "squash" (stretch to the square),
+    # "squash+center-crop" (stretch to image_size / crop_fraction, cut the centre: DeiT's and BEiT's processors) or
     # "letterbox" (fit inside the square, pad the rest). crop_fraction 0.875 is torchvision's ImageNet evaluation
     # (resize to 256, crop 224); a square image is never cropped at 1.0.
-    resize: Literal["shorter-side+center-crop", "squash", "letterbox"] = "shorter-side+center-crop"
+    resize: Literal["shorter-side+center-crop", "squash", "squash+center-crop", "letterbox"] = (
+        "shorter-side+center-crop")
     crop_fraction: float = ranged(1.0, gt=0, le=1)
     # A text model given as an ONNX file: the folder (or tokenizer.json / vocab.txt file) with its tokenizer
     tokenizer: str = ""

@@ -136,6 +136,9 @@ def test_settings_the_config_omits_take_the_processor_class_defaults(tmp_path):
     for name, processor_class, expected in [
         ("convnext", hf.ConvNextImageProcessor, ((0.5, 0.5, 0.5), 224, 224 / 256)),
         ("mobilenet", hf.MobileNetV2ImageProcessor, ((0.5, 0.5, 0.5), 224, 224 / 256)),
+        # DeiT and BEiT squash to 256x256, then crop 224: edgetl's squash+center-crop
+        ("deit", hf.DeiTImageProcessor, (tuple(hf.DeiTImageProcessor().image_mean), 224, 224 / 256)),
+        ("beit", hf.BeitImageProcessor, ((0.5, 0.5, 0.5), 224, 224 / 256)),
     ]:
         folder = tmp_path / name
         folder.mkdir()
@@ -152,7 +155,8 @@ def test_settings_the_config_omits_take_the_processor_class_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("processor, words", [
-    ("DeiTImageProcessor", ["squashes to 256x256 and then center-crops 224x224", "shortest_edge"]),
+    ({"image_processor_type": "DeiTImageProcessor", "size": {"height": 200, "width": 200},
+      "crop_size": {"height": 224, "width": 224}}, ["crops 224x224 out of a 200x200 image", "crop_size is at most"]),
     ({"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 48}},
      ["makes 32x48 (size) images", "square"]),
     ({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, "do_center_crop": False},

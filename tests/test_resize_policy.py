@@ -16,7 +16,7 @@ from PIL import Image
 from edgetl.errors import DataError
 from edgetl.preprocess import ImagePreprocess, load_preprocess
 
-POLICIES = ("shorter-side+center-crop", "squash", "letterbox")
+POLICIES = ("shorter-side+center-crop", "squash", "squash+center-crop", "letterbox")
 BILINEAR = Image.Resampling.BILINEAR
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -399,3 +399,16 @@ def test_a_checkpoint_keeps_the_policy_it_was_trained_with():
                           if k not in ("resize", "crop_fraction")}}
     assert task.preprocess_of(old, Path(".")).resize == "squash"  # trained before the policy was recorded
     assert task.preprocess_of({"backbone": "tiny_convnet", "image_size": 32}, Path(".")).resize == "squash"
+
+
+def test_squash_then_center_crop_is_deit_s_geometry():
+    """Squash to round(size / crop_fraction) square (aspect not kept), then cut the centre: 301x221 -> 256x256 -> the
+    224 square at offset 16."""
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (221, 301, 3), dtype=np.uint8))
+    ours = ImagePreprocess(image_size=224, resize="squash+center-crop", crop_fraction=224 / 256).resize_image(image)
+    expected = np.asarray(image.resize((256, 256), Image.BILINEAR))[16:240, 16:240]
+    assert np.array_equal(ours, expected)
+    assert "squashed: aspect ratio not kept, center-crop 224x224" in ImagePreprocess(
+        image_size=224, resize="squash+center-crop", crop_fraction=0.875).describe()

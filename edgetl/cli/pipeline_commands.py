@@ -39,7 +39,7 @@ def optimize(
     mean: Annotated[Optional[str], typer.Option(help="Pixel mean in [0, 1], e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Pixel std in [0, 1], e.g. 0.229,0.224,0.225.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="How photos become square: shorter-side+center-crop "
-                                                  "(default), squash or letterbox.")] = None,
+                                                  "(default), squash, squash+center-crop or letterbox.")] = None,
     crop_fraction: Annotated[Optional[float], typer.Option(help="Center-crop share of the shorter side, e.g. "
                                                            "0.875 (resize 256, crop 224).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="A text model's tokenizer folder (tokenizer.json or "

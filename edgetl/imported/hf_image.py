@@ -60,10 +60,11 @@ def _standard(processor: Any, folder: Path, shortest: Callable[[int], int] = lam
     crop_side = _square(crop, folder, "crop_size") if crop is not None else None
     if "height" in size and "width" in size:
         side = _square(size, folder, "size")
-        if crop_side is not None and crop_side != side:
-            raise _fail(folder, f"squashes to {side}x{side} and then center-crops {crop_side}x{crop_side}",
-                        f"{_EDIT}: size {{\"shortest_edge\": {side}}} crops the same square from a square photo "
-                        "(edgetl's shorter-side+center-crop), or drop the crop (do_center_crop false)")
+        if crop_side is not None and crop_side != side:  # DeiT, BEiT: squash to 256, crop 224
+            if crop_side > side:
+                raise _fail(folder, f"crops {crop_side}x{crop_side} out of a {side}x{side} image (padding)",
+                            f"{_EDIT} so that crop_size is at most size")
+            return Geometry(crop_side, "squash+center-crop", crop_side / side)
         return Geometry(side, "squash")
     if set(size) == {"shortest_edge"}:
         scaled = shortest(int(size["shortest_edge"]))

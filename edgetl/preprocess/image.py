@@ -18,6 +18,7 @@ _RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0}  # PIL.Image.Resampling 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # What a preprocess.json without a "resize" key (bundles and checkpoints from before the policy was recorded) used.
 LEGACY_RESIZE = "squash"
+CROPPING = ("shorter-side+center-crop", "squash+center-crop")  # the policies crop_fraction applies to
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -36,8 +37,9 @@ class ImagePreprocess:
     layout: str = "NCHW"
     dtype: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
-    # How an image of any shape becomes the square: a name in RESIZE_POLICIES. crop_fraction < 1 (only with
-    # "shorter-side+center-crop") scales the shorter side to round(image_size / crop_fraction) before the crop.
+    # How an image of any shape becomes the square: a name in RESIZE_POLICIES. crop_fraction < 1 (only with a
+    # policy that crops, CROPPING) scales the shorter side (or the squashed square) to round(image_size /
+    # crop_fraction) before the center crop.
     resize: str = "shorter-side+center-crop"
     crop_fraction: float = 1.0
 
@@ -54,9 +56,9 @@ class ImagePreprocess:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise DataError(f"crop_fraction must be > 0 and <= 1, got {fraction!r}; 1.0 keeps the whole shorter side, "
                             "0.875 is torchvision's ImageNet evaluation crop (resize 256, crop 224)")
-        if fraction != 1 and self.resize != "shorter-side+center-crop":
-            raise DataError(f"crop_fraction {fraction} only applies to resize 'shorter-side+center-crop', not "
-                            f"{self.resize!r}; set crop_fraction to 1.0 or resize to 'shorter-side+center-crop'")
+        if fraction != 1 and self.resize not in CROPPING:
+            raise DataError(f"crop_fraction {fraction} only applies to resize {' or '.join(map(repr, CROPPING))}, "
+                            f"not {self.resize!r}; set crop_fraction to 1.0 or resize to 'shorter-side+center-crop'")
 
     # -- stage 1: any image -> uint8 HWC at the model's size ---------------------------
     def resize_image(self, image: Any) -> np.ndarray:
@@ -277,6 +279,15 @@ def _squash(image, pre: ImagePreprocess):
     return image if image.size == size else image.resize(size, _RESAMPLE[pre.resample])
 
 
+def _squash_center_crop(image, pre: ImagePreprocess):
+    """Squash to the ``scaled_size`` square, then cut the centre ``image_size`` square (DeiT's and BEiT's image
+    processors: resize to 256x256, crop 224)."""
+    scaled = (pre.scaled_size, pre.scaled_size)
+    if image.size != scaled:
+        image = image.resize(scaled, _RESAMPLE[pre.resample])
+    return image if pre.scaled_size == pre.image_size else image.crop(center_crop_box(*scaled, pre.image_size))
+
+
 def letterbox_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) scaled to fit inside the ``size`` square, aspect ratio kept (the longer side becomes size)."""
     longer = max(width, height)
@@ -305,6 +316,10 @@ RESIZE_POLICIES.register("shorter-side+center-crop", ResizePolicy(
 RESIZE_POLICIES.register("squash", ResizePolicy(
     _squash,
     lambda pre, x: f"resize to {pre.image_size}{x}{pre.image_size} ({pre.resample}), squashed: aspect ratio not kept"))
+RESIZE_POLICIES.register("squash+center-crop", ResizePolicy(
+    _squash_center_crop,
+    lambda pre, x: (f"resize to {pre.scaled_size}{x}{pre.scaled_size} ({pre.resample}), squashed: aspect ratio not "
+                    f"kept, center-crop {pre.image_size}{x}{pre.image_size}")))
 RESIZE_POLICIES.register("letterbox", ResizePolicy(
     _letterbox,
     lambda pre, x: (f"resize to fit inside {pre.image_size}{x}{pre.image_size} ({pre.resample}), aspect ratio kept, "
