@@ -17,6 +17,8 @@
 
     .venv/bin/python benchmarks/backbones.py                       # latency, 20 rounds
     .venv/bin/python benchmarks/backbones.py --finetune --memory   # all three parts
+    .venv/bin/python benchmarks/backbones.py --no-latency --memory --finetune-image-size 224 --memory-sizes 1000,4000 \
+        --set data.cache_mb=128                                    # at 224 px, 4.7x more images than the cache holds
     .venv/bin/python benchmarks/backbones.py --rounds 2 --backbones efficientnet_lite0 --out /tmp/b  # smoke test
 
 Each part replaces its own entry in ``<out>/backbones.json`` (the others are kept) and ``backbones.md`` is rewritten
@@ -246,7 +248,8 @@ def measure_memory(count: int, args: argparse.Namespace, work: Path) -> dict[str
     """One fine-tune on ``count`` images in a child process, its process tree's memory sampled meanwhile."""
     folder = fashion_mnist_folder(count, work / "folders")
     command = [sys.executable, __file__, "--memory-child", str(folder), "--backbones", args.memory_backbone,
-               "--work", str(work), "--finetune-image-size", str(args.finetune_image_size)]
+               "--work", str(work), "--finetune-image-size", str(args.finetune_image_size),
+               *(arg for override in args.set for arg in ("--set", override))]
     start, peak_pss, peak_rss = time.perf_counter(), 0, 0
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     while child.poll() is None:
@@ -277,7 +280,7 @@ def memory_child(args: argparse.Namespace) -> int:
                                 f"model.image_size={args.finetune_image_size}", "data.source=\"folder\"",
                                 f"data.path={json.dumps(str(folder))}",
                                 f"run.output_dir={json.dumps(str(args.work / 'runs'))}",
-                                f"run.name={json.dumps('memory-' + folder.name)}", *MEMORY_BUDGET])
+                                f"run.name={json.dumps('memory-' + folder.name)}", *MEMORY_BUDGET, *args.set])
     shutil.rmtree(recipe.run_dir, ignore_errors=True)
     ctx = RunContext(recipe, progress=False, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     result = finetune_stage(ctx)
@@ -296,7 +299,8 @@ def memory_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rows.append(measure_memory(count, args, work))
         print(f"  {rows[-1]}", flush=True)
     return {"settings": {"backbone": args.memory_backbone, "image_size": args.finetune_image_size,
-                         "budget": MEMORY_BUDGET, "data": "Fashion-MNIST training images as PNG, folder source"},
+                         "budget": MEMORY_BUDGET, "overrides": args.set,
+                         "data": "Fashion-MNIST training images as PNG, folder source"},
             "rows": rows}
 
 
@@ -355,8 +359,9 @@ def memory_lines(part: dict[str, Any]) -> list[str]:
                      f"{r['largest_child_peak_rss_mb']} | {r['tree_peak_pss_mb']} | {r['test_accuracy']:.2f} | "
                      f"{r['wall_seconds']} |")
     s = part["settings"]
-    return ["## Peak memory of a fine-tune as the dataset grows", "",
-            (f"{s['data']}; {s['backbone']} at {s['image_size']} px; budget {', '.join(s['budget'])}. One child "
+    return [f"## Peak memory of a fine-tune as the dataset grows ({part['settings']['image_size']} px)", "",
+            (f"{s['data']}; {s['backbone']} at {s['image_size']} px; budget "
+             f"{', '.join(s['budget'] + s.get('overrides', []))}. One child "
              "process per size. RSS before the data: torch imported and a model built. Peak RSS: the child's "
              "high-water mark (getrusage); largest child: its biggest child process (data-loading workers; 0: "
              "none); tree PSS: the child and its descendants, sampled every 0.25 s."), "", *lines]
@@ -374,7 +379,9 @@ def write_report(out: Path, parts: dict[str, Any]) -> None:
     write_json(path, result)
     md = ["# Backbone benchmark", "", "Written by `benchmarks/backbones.py`; each part with the time it was measured.",
           "", "## Machine", "", *machine_lines(result["environment"])]
-    for key, render in (("latency", latency_lines), ("finetune", finetune_lines), ("memory", memory_lines)):
+    rendered = [("latency", latency_lines), ("finetune", finetune_lines)]
+    rendered += [(key, memory_lines) for key in sorted(result) if key.startswith("memory")]  # one per image size
+    for key, render in rendered:
         if key in result:
             md += ["", *render(result[key]), "", f"Measured {result[key]['measured']}."]
     write_text(out / "backbones.md", "\n".join(md) + "\n")
@@ -391,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-latency", action="store_true", help="skip the latency part")
     parser.add_argument("--finetune", action="store_true", help="fine-tune each backbone on the built-in example")
     parser.add_argument("--finetune-image-size", type=int, default=64)
-    parser.add_argument("--set", action="append", default=[], help="recipe override for --finetune (repeatable)")
+    parser.add_argument("--set", action="append", default=[], help="recipe override for --finetune and --memory (repeatable)")
     parser.add_argument("--memory", action="store_true", help="peak memory of a fine-tune as the dataset grows")
     parser.add_argument("--memory-sizes", type=lambda s: [int(n) for n in s.split(",")], default=[1000, 10000, 60000])
     parser.add_argument("--memory-backbone", default=BASE)
@@ -402,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child:
         return memory_child(args)
     parts: dict[str, Any] = {}
+    # the memory part of the built-in size (64 px) is "memory"; others are kept beside it as "memory-<size>px"
+    memory_key = "memory" if args.finetune_image_size == 64 else f"memory-{args.finetune_image_size}px"
     for key, wanted, run in (("latency", not args.no_latency, latency_part), ("finetune", args.finetune, finetune_part),
-                             ("memory", args.memory, memory_part)):
+                             (memory_key, args.memory, memory_part)):
         if wanted:
             start = time.perf_counter()
             parts[key] = run(args, args.work)
