@@ -417,7 +417,8 @@ def test_model_sources(tiny_bert, tmp_path, monkeypatch):
         resolve_model_dir("efficientnet_lite0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    with pytest.raises(WeightsError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+    with pytest.raises(WeightsError, match=r"text model .someone/some-bert.: the Hugging Face hub is switched off "
+                                           r"here \(HF_HUB_OFFLINE\) and someone/some-bert is not in the local cache"):
         resolve_model_dir("someone/some-bert")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")

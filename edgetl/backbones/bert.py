@@ -29,14 +29,6 @@ MODEL_DIR = "model"
 # -- weight sources ---------------------------------------------------------------------------
 
 
-def hf_offline() -> bool:
-    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set to a true value."""
-    return any(
-        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
 def resolve_model_dir(source: str | os.PathLike, *, weights: str | os.PathLike | None = "package") -> Path:
     """A local Hugging Face folder for ``source``: a registered text backbone, a folder, or a hub id (owner/name).
 
@@ -62,7 +54,9 @@ def resolve_model_dir(source: str | os.PathLike, *, weights: str | os.PathLike |
     if path.exists():
         _check_folder(path, "it must hold config.json, the weights and tokenizer.json")
         return path
-    if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
+    from ..imported.hub import parse_hub_id
+
+    if parse_hub_id(str(source)) is not None:
         return _from_hub(str(source))
     raise WeightsError(
         f"text model {source!r} is neither a registered backbone "
@@ -78,23 +72,10 @@ def _check_folder(folder: Path, fix: str) -> None:
 
 
 def _from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise WeightsError(
-            f"loading {repo_id} from the hub needs huggingface_hub; run `pip install huggingface_hub`"
-        ) from None
-    patterns = ["config.json", "model.safetensors", *TOKENIZER_FILES]
-    offline = hf_offline()
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
-    except Exception as exc:  # offline cache misses, network errors, unknown repos
-        where = (
-            "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if offline else "could not be downloaded"
-        )
-        raise WeightsError(
-            f"text model {repo_id} {where} ({type(exc).__name__}); give a local folder"
-        ) from None
+    """``repo_id``'s local snapshot (``edgetl.imported.hub``: offline from the cache, one-line errors)."""
+    from ..imported.hub import locate_hub_id
+
+    return locate_hub_id(repo_id, what="text model", error=WeightsError)
 
 
 # -- the classifier -----------------------------------------------------------------------------

@@ -48,9 +48,10 @@ def _offline() -> bool:
                                                  for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def locate_hub_id(spec: str, config: Any = None) -> Path | None:
+def locate_hub_id(spec: str, config: Any = None, *, what: str = "model.source",
+                  error: type[Exception] = RecipeError) -> Path | None:
     """The local snapshot folder of the hub id ``spec`` (downloaded when missing and the hub is reachable); None when
-    ``spec`` is not a hub id; a one-line RecipeError when it cannot be had."""
+    ``spec`` is not a hub id; a one-line ``error`` naming ``what`` asked for it when it cannot be had."""
     parsed = parse_hub_id(spec)
     if parsed is None:
         return None
@@ -60,9 +61,8 @@ def locate_hub_id(spec: str, config: Any = None) -> Path | None:
         from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                             RepositoryNotFoundError, RevisionNotFoundError)
     except ImportError:
-        raise RecipeError(f"model.source {spec!r} reads as a Hugging Face hub id, and huggingface_hub is not "
-                          "installed; install edgetl's text extra (pip install 'edgetl[text]') or give a local "
-                          "folder") from None
+        raise error(f"{what} {spec!r} reads as a Hugging Face hub id, and huggingface_hub is not installed; "
+                    "install edgetl's text extra (pip install 'edgetl[text]') or give a local folder") from None
     offline = _offline()
     named = f"{repo}@{revision}" if revision else repo
     try:
@@ -71,21 +71,21 @@ def locate_hub_id(spec: str, config: Any = None) -> Path | None:
         why = "the Hugging Face hub is switched off here (HF_HUB_OFFLINE)" if offline else \
             "the Hugging Face hub could not be reached"
         command = f"huggingface-cli download {repo}" + (f" --revision {revision}" if revision else "")
-        raise RecipeError(f"model.source {spec!r}: {why} and {named} is not in the local cache "
-                          f"({constants.HF_HUB_CACHE}); download it where there is network ({command}, then copy "
-                          "that cache here or point HF_HUB_CACHE at it) or give a local folder") from None
+        raise error(f"{what} {spec!r}: {why} and {named} is not in the local cache ({constants.HF_HUB_CACHE}); "
+                    f"download it where there is network ({command}, then copy that cache here or point "
+                    "HF_HUB_CACHE at it) or give a local folder") from None
     except GatedRepoError:
-        raise RecipeError(f"model.source {spec!r}: {repo} is gated on the Hugging Face hub; accept its terms on its "
-                          "page and log in (huggingface-cli login), or give a local folder") from None
+        raise error(f"{what} {spec!r}: {repo} is gated on the Hugging Face hub; accept its terms on its page and log "
+                    "in (huggingface-cli login), or give a local folder") from None
     except RevisionNotFoundError:
-        raise RecipeError(f"model.source {spec!r}: {repo} has no revision {revision!r}; give a branch, tag or commit "
-                          "it has, or drop the @revision") from None
+        raise error(f"{what} {spec!r}: {repo} has no revision {revision!r}; give a branch, tag or commit it has, or "
+                    "drop the @revision") from None
     except RepositoryNotFoundError:
-        raise RecipeError(f"model.source {spec!r}: no model {repo} on the Hugging Face hub (or it is private: log in "
-                          "with huggingface-cli login); check the id, or give a local folder") from None
+        raise error(f"{what} {spec!r}: no model {repo} on the Hugging Face hub (or it is private: log in with "
+                    "huggingface-cli login); check the id, or give a local folder") from None
     except HfHubHTTPError as exc:
-        raise RecipeError(f"model.source {spec!r}: the Hugging Face hub answered {str(exc).splitlines()[0][:160]}; "
-                          "retry, or download it yourself and give the local folder") from None
+        raise error(f"{what} {spec!r}: the Hugging Face hub answered {str(exc).splitlines()[0][:160]}; retry, or "
+                    "download it yourself and give the local folder") from None
     return Path(folder)
 
 
