@@ -50,7 +50,10 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
                               "file") from None
     for item in overrides or []:
         _apply_override(data, item)
-    if isinstance((data.get("finetune") or {}).get("augment"), bool):  # before [finetune.augment] was a table
+    finetune = data.get("finetune") or {}
+    if finetune.get("augment") is False:  # before [finetune.augment] was a table: off is off, as it was
+        finetune["augment"] = {"enabled": False}
+    if finetune.get("augment") is True:  # the old flip and shift are not the new section's defaults: say so
         raise RecipeError("finetune.augment is a table now: write [finetune.augment] enabled = true/false; the old "
                           "flip and shift is random_resized_crop = [1.0, 1.0], color_jitter = 0.0, shift = 0.125")
     recipe = load(Recipe, data, error=RecipeError, noun="recipe key", renamed=RENAMED)

@@ -73,6 +73,14 @@ def test_defaults_are_off_and_mild():
     assert loaded.finetune.augment.enabled and loaded.finetune.augment.random_resized_crop == [0.08, 1.0]
 
 
+def test_the_old_boolean_off_still_loads_as_off(tmp_path):
+    """A recipe (or a run folder's recipe.toml) from before the section: `augment = false` meant off, and still does."""
+    path = tmp_path / "old.toml"
+    path.write_text("[finetune]\naugment = false\n")
+    assert load_recipe(path).finetune.augment == AugmentConfig(enabled=False)
+    assert load_recipe(None, ["finetune.augment=false"]).finetune.augment == AugmentConfig()
+
+
 def test_section_round_trips_through_toml(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(recipe(*ON).to_toml())
