@@ -52,9 +52,16 @@ def test_run_ships_a_verified_bundle_with_a_table(finished_run):
     decisions = summary["decisions"]
     assert set(decisions) == set(expected) and all(d["reason"] for d in decisions.values())
     shipped = {name for name, d in decisions.items() if d["status"] == "shipped"}
+    # The passing artifacts were raced: every one of them is in race.json's rounds and its decision says by what ratio
+    race = json.loads((root / "runs/e2e/race.json").read_text())["result"]
+    raced = {name for name, d in decisions.items() if d["status"] in ("shipped", "lost") and "ratio" in d}
+    assert set(race["times_ms"]) == raced and shipped <= raced and len(raced) >= 2
+    assert all(d["ratio"]["rounds"] == race["rounds"] for name, d in decisions.items() if name in raced)
     manifest = json.loads((root / "models/e2e/manifest.json").read_text())
     assert set(manifest["artifacts"]) == shipped and manifest["default_artifact"] == summary["default_artifact"]
-    assert len(manifest["data_sha256"]) == 64 and manifest["data_sha256"][:16] in (root / "models/e2e/README.md").read_text()
+    card = (root / "models/e2e/README.md").read_text()
+    assert len(manifest["data_sha256"]) == 64 and manifest["data_sha256"][:16] in card
+    assert f"- {summary['default_artifact']}: {decisions[summary['default_artifact']]['reason']}" in card  # why it shipped
     assert all(manifest["artifacts"][name]["validation"]["passed"] for name in shipped)
     assert (root / "models/e2e/validation/slice.npz").is_file()
     assert (root / "models/e2e.tar.gz").is_file() and (root / "runs/e2e/recipe.toml").is_file()
@@ -84,10 +91,13 @@ def test_predict_classifies_a_fashion_mnist_image(finished_run):
 
 def test_rerun_skips_finished_stages(finished_run):
     root, args, _ = finished_run
+    before = json.loads((root / "runs/e2e/summary.json").read_text())
     result = _edgetl(root, *args)
     assert result.returncode == 0, result.stderr
-    for stage in ("export:", "quantize:", "validate:", "bench:"):
+    for stage in ("export:", "quantize:", "validate:", "bench:", "race:"):
         assert stage not in result.stdout
+    after = json.loads((root / "runs/e2e/summary.json").read_text())
+    assert after["default_artifact"] == before["default_artifact"] and after["decisions"] == before["decisions"]
 
 
 @pytest.mark.parametrize("ptq_passes", [True, False], ids=["ptq-passes", "ptq-fails"])

@@ -178,8 +178,9 @@ def test_select_breaks_a_tie_by_file_size_then_agreement_then_runtime():
     assert decisions["student-openvino-fp16"]["default"]  # same size, higher agreement
     assert "tied on speed with student-onnx-fp16" in decisions["student-openvino-fp16"]["reason"]
     assert "has the higher agreement (99.90% vs 99.50%)" in decisions["student-openvino-fp16"]["reason"]
-    # the other format from the same model ships beside it, not the default
+    # the other format from the same model ships beside it, not the default, with its ratio to the default
     assert decisions["student-onnx-fp16"]["status"] == "shipped" and not decisions["student-onnx-fp16"]["default"]
+    assert decisions["student-onnx-fp16"]["ratio"]["vs"] == "student-openvino-fp16"
 
 
 def test_select_the_teacher_loses_to_the_student_with_the_ratio_in_its_reason():

@@ -18,7 +18,7 @@ from .manifest import BundlePreprocess
 
 # Card keys with their own place in the README; other keys go under "Other results" or "Other details".
 _CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_license", "weights_license", "intended_use",
-                "limitations", "exporter", "transfer"}
+                "limitations", "exporter", "transfer", "shipped_because"}
 _SIX_DECIMALS = {"mean_cosine", "min_cosine"}
 _LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median_ms", "mean_ms", "p90_ms", "p99_ms",
                  "throughput", "peak_rss_mb")
@@ -131,6 +131,8 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
     lines += ["", "## Latency", ""]
     lines += _table(columns, [[row.get(c) for c in columns] for row in latency]) if latency else [
         "No benchmark recorded; `edgetl bench` measures these artifacts on your targets."]
+    if card.get("shipped_because"):  # the run's decision for each shipped artifact, with the latency ratio behind it
+        lines += ["", "Why these artifacts:", "", *(f"- {n}: {why}" for n, why in card["shipped_because"].items())]
     lines += [
         "", "## Data and licences", "",
         f"- Training data: {card.get('dataset', 'not recorded')}",

@@ -84,7 +84,8 @@ def select(ctx: RunContext, validation: dict[str, dict], benchmarks: dict[str, d
         if own is not None and own.winner == name:
             decisions[name] = {"status": "shipped", "default": name == fastest.name,
                                "reason": judge.why_won(own, "" if name == fastest.name else artifact.format)}
-            decisions[name] |= judge.ratio_record(own, name)
+            # alone in its format: its latency over the default's, so that every decision has a ratio
+            decisions[name] |= judge.ratio_record(own, name) or judge.ratio_record(overall, name)
         elif own is None:
             decisions[name] = {"status": "lost", "reason": f"{artifact.model} model: the bundle ships the "
                                f"{fastest.model}, whose {fastest.name} won ({judge.versus(overall.ratios[name])})"}

@@ -30,7 +30,8 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
     bench = ctx.task.bench_inputs(ctx, model_key)
     return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
                 labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key),
-                recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(), card=card(ctx, chosen),
+                recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(),
+                card=card(ctx, chosen, decisions),
                 data_sha256=ctx.task.fingerprint(ctx.splits), source_model=ctx.origin.provenance(ctx),
                 default=default, extra_files=ctx.task.bundle_files(ctx, model_key),
                 validation_slice=validation_slice(ctx, model_key),
@@ -65,14 +66,17 @@ def validation_slice(ctx: RunContext, model_key: str):
                                       reference=ctx.reference_name(model_key))
 
 
-def card(ctx: RunContext, chosen: list[Planned]) -> dict[str, Any]:
-    """The model card's fields: the task's own, the data sizes and the measured accuracies."""
+def card(ctx: RunContext, chosen: list[Planned], decisions: dict[str, dict] | None = None) -> dict[str, Any]:
+    """The model card's fields: the task's own, the data sizes, the measured accuracies and why each shipped
+    artifact was chosen."""
     fields = {
         "backbone": ", ".join(sorted({ctx.model_metadata(a.model)["backbone"] for a in chosen})),
         **ctx.task.card(ctx, chosen),
         "data_sizes": ctx.splits.sizes(),
         **ctx.origin.card(ctx),
     }
+    if decisions:
+        fields["shipped_because"] = {a.name: decisions[a.name]["reason"] for a in chosen if a.name in decisions}
     if ctx.recipe.distill.enabled and (ctx.model_dir(STUDENT) / "result.json").is_file():
         distilled = read_json(ctx.model_dir(STUDENT) / "result.json")
         fields.update({"teacher_backbone": ctx.recipe.model.backbone, "student": distilled.get("student"),
