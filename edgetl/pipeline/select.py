@@ -5,6 +5,7 @@ other artifact gets its reason with the latency ratio behind it. ``summary_rows`
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,9 @@ class _Judge:
                                                for n in names if n != winner}, self.margin)
 
     def ms(self, name: str) -> str:
+        """Its median latency: in the race when there was one (what the decision rests on), else the bench stage's."""
+        if self.times is not None:
+            return f"{statistics.median(self.times[name]):.3g} ms at batch {self.batch} in the race"
         batch, median = _latency(self.benchmarks[name])
         return f"{median:.3g} ms at batch {batch}"
 
