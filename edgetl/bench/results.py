@@ -166,7 +166,8 @@ def _pick(result: TargetResult, fit: dict[str, tuple[dict[str, Any], RuntimeResu
 
 
 def _versus(ratio: dict[str, Any] | None) -> str:
-    """``; 1.31× (95% CI 1.25-1.40) for openvino:CPU``: the runner-up's latency over the pick's, from the race."""
+    """``; openvino:CPU 1.31× its latency (95% CI 1.25-1.40, 20 paired rounds)``: the runner-up's latency over the
+    pick's, from the race."""
     if not ratio:
         return ""
     tied = ", tied: the smaller file or listed first" if ratio["tied"] else ""
