@@ -174,12 +174,14 @@ def benchmark(
     target_rel_ci: float = 0.02,
     make_input: Callable[[int], np.ndarray] | None = None,
     open_fn: Callable[[], Runner] | None = None,
+    on_measured: Callable[[LatencyStats], None] | None = None,
 ) -> BenchResult:
-    """Measure ``runner`` at each batch size (default ``config.batch_sizes``) with ``config``'s policy.
+    """Measure ``runner`` at each batch size (default ``config.batch_sizes``, in that order) with ``config``'s policy.
 
     ``config.threads`` is recorded as given: threads are set when the runner is opened, so open it
     with the same value. ``model_path`` adds the model's size on disk; ``open_fn`` (a function that
-    opens a fresh runner) adds the cold start at the smallest batch size.
+    opens a fresh runner) adds the cold start at the smallest batch size. ``on_measured(stats)`` is called
+    after each batch size, outside the timed calls (a progress bar's step).
 
     >>> result = benchmark(runner, batch_sizes=[1, 8], config=recipe.bench, model_path="model.onnx")
     >>> write_json(run_dir / "bench.json", result.to_dict())
@@ -198,19 +200,22 @@ def benchmark(
         smallest = min(sizes)
         cold_start_s = measure_cold_start(open_fn, make_batch(runner, smallest, make_input, input_shape))
 
-    stats = [
-        measure(
-            runner,
-            batch_size=size,
-            warmup=config.warmup,
-            min_runs=config.min_runs,
-            max_seconds=config.max_seconds,
-            target_rel_ci=target_rel_ci,
-            make_input=make_input,
-            input_shape=input_shape,
+    stats: list[LatencyStats] = []
+    for size in sizes:
+        stats.append(
+            measure(
+                runner,
+                batch_size=size,
+                warmup=config.warmup,
+                min_runs=config.min_runs,
+                max_seconds=config.max_seconds,
+                target_rel_ci=target_rel_ci,
+                make_input=make_input,
+                input_shape=input_shape,
+            )
         )
-        for size in sizes
-    ]
+        if on_measured is not None:
+            on_measured(stats[-1])
     return BenchResult(
         runtime=runner.name,
         threads=config.threads,

@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from ..tasks import TEACHER, Task, get_task
 from .origin import origin_of
 from .plan import TORCH_VARIANT, Planned, fp32_artifact, plan, prefix
 
+if TYPE_CHECKING:
+    from ..progress import Steps
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,13 @@ class RunContext:
         for line in describe_skipped(getattr(splits, "skipped", [])):
             self.log(line)
         return splits
+
+    def steps(self, total: int, description: str) -> Steps:
+        """Progress of one of the stage's jobs (``edgetl.progress.steps``): a bar on a terminal, a line per step in
+        a log, nothing with ``--quiet``."""
+        from ..progress import steps
+
+        return steps(total, description, enabled=self.progress, log=self.log)
 
     # -- layout ---------------------------------------------------------------------------------
     @property

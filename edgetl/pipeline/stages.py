@@ -8,7 +8,8 @@ checkpoint and the recipe sections they depend on) is unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -16,8 +17,11 @@ from .._io import read_json, write_json
 from ..tasks import STUDENT, TEACHER
 from .artifacts import ensure, made, qat
 from .context import RunContext, is_fresh
-from .plan import Planned
+from .plan import QAT, Planned
 from .transfer import train_scratch, without_scratch
+
+if TYPE_CHECKING:
+    from ..progress import Steps
 
 CONTRACT_FILE = "contract.json"
 CONTRACT_VERSION = 2  # in the contract record's key: a change of measure re-runs the contract
@@ -43,15 +47,22 @@ def distill_stage(ctx: RunContext):
 
 
 def export_stage(ctx: RunContext) -> list[dict[str, Any]]:
-    """FP32 ONNX / OpenVINO exports of every model."""
-    return [ensure(ctx, a) for a in ctx.plan() if a.exported]
+    """FP32 ONNX / OpenVINO exports of every model (one progress step each)."""
+    exported = [a for a in ctx.plan() if a.exported]
+    with ctx.steps(len(exported), "export") as bar:
+        return list(_each(ctx, bar, exported, lambda a: ensure(ctx, a), "export.json").values())
 
 
 def quantize_stage(ctx: RunContext) -> dict[str, dict[str, Any] | None]:
     """Every quantization method on every model it applies to, then QAT where post-training INT8 missed the
-    gate (``quantize.qat``); None marks a variant that was skipped or not needed."""
-    results = {a.name: ensure(ctx, a) for a in ctx.plan() if a.quantized}
-    results.update(qat_stage(ctx))
+    gate (``quantize.qat``); None marks a variant that was skipped or not needed. One progress step per
+    post-training variant; the accuracy-aware search and QAT show theirs under it."""
+    planned = [a for a in ctx.plan() if a.quantized]
+    post_training = [a for a in planned if a.kind != QAT]  # QAT is trained by qat_stage, never by ensure
+    with ctx.steps(len(post_training), "quantize") as bar:
+        made_now = _each(ctx, bar, post_training, lambda a: ensure(ctx, a), "export.json", "skipped.json")
+        results = {a.name: made_now.get(a.name) for a in planned}
+        results.update(qat_stage(ctx))
     return results
 
 
@@ -88,7 +99,9 @@ def validate_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
     ``distill.min_relative_accuracy`` of the teacher's, and their agreement with it is recorded.
     """
     contracts = contract_stage(ctx)
-    reports = {artifact.name: validate_artifact(ctx, artifact) for artifact in made(ctx)}
+    artifacts = made(ctx)
+    with ctx.steps(len(artifacts), "validate") as bar:
+        reports = _each(ctx, bar, artifacts, lambda a: validate_artifact(ctx, a), "validation.json")
     for name, contract in contracts.items():
         if name in reports:
             reports[name] = _with_contract(ctx, name, contract)
@@ -159,29 +172,73 @@ def _against_teacher(ctx: RunContext, artifact: Planned, logits: np.ndarray, rep
 
 
 def bench_stage(ctx: RunContext) -> dict[str, dict[str, Any]]:
-    """Local CPU latency of every artifact at the recipe's batch sizes and threads, on the task's inputs."""
+    """Local CPU latency of every artifact at the recipe's batch sizes and threads, on the task's inputs (one
+    progress step per artifact and batch size)."""
+    artifacts, sizes = made(ctx), list(ctx.recipe.bench.batch_sizes)
+    with ctx.steps(len(artifacts) * len(sizes), "bench") as bar:
+        return {artifact.name: _bench_artifact(ctx, artifact, bar) for artifact in artifacts}
+
+
+def _bench_artifact(ctx: RunContext, artifact: Planned, bar: Steps) -> dict[str, Any]:
+    """One artifact's benchmark record, measured unless fresh; ``bar`` advances once per batch size."""
     from ..bench import benchmark
 
+    sizes = list(ctx.recipe.bench.batch_sizes)
+    record = ctx.artifact_dir(artifact) / "benchmark.json"
+    key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
+           "recipe": without_scratch(ctx.recipe).section_hash("export", "quantize", "bench", *ctx.task.sections)}
+    if is_fresh(record, key):
+        for size in sizes:
+            bar.advance(f"{artifact.name} batch {size}", reused=True)
+        return read_json(record)["result"]
+    ctx.log(f"bench: {artifact.name}")
+    bar.show(f"{artifact.name} batch {sizes[0]} ..." if sizes else artifact.name)
+    runner, path = ctx.open(artifact, ctx.recipe.bench.threads)
+    timed, inputs, settings = ctx.task.bench_setup(ctx, artifact.model, runner)
+
+    upcoming = iter(sizes[1:])  # benchmark measures the sizes in order
+
+    def measured(stats) -> None:
+        bar.advance(f"{artifact.name} batch {stats.batch_size}: {stats.median_ms:.2f} ms")
+        following = next(upcoming, None)
+        if following is not None:
+            bar.show(f"{artifact.name} batch {following} ...")
+
+    try:
+        result = benchmark(timed, batch_sizes=sizes, config=ctx.recipe.bench, model_path=path,
+                           on_measured=measured, **inputs)
+    finally:
+        timed.close()
+    data = result.to_dict()
+    data["settings"].update(settings)
+    if path is not None:  # the whole artifact: an IR's .bin, an ONNX file's external data
+        data["model_size_bytes"] = sum(p.stat().st_size for p in ctx.shipped_files(artifact))
+    write_json(record, {"key": key, "result": data})
+    return data
+
+
+def _each(ctx: RunContext, bar: Steps, artifacts: list[Planned], work: Callable[[Planned], Any],
+          *records: str) -> dict[str, Any]:
+    """``work(artifact)`` for each artifact, one progress step each (by name). A step that rewrote none of the
+    artifact's ``records`` (file names in its folder) reused them: the bar moves, the log gets no line."""
     results = {}
-    for artifact in made(ctx):
-        record = ctx.artifact_dir(artifact) / "benchmark.json"
-        key = {"checkpoint": ctx.checkpoint_hash(artifact.model),
-               "recipe": without_scratch(ctx.recipe).section_hash("export", "quantize", "bench", *ctx.task.sections)}
-        if is_fresh(record, key):
-            results[artifact.name] = read_json(record)["result"]
-            continue
-        ctx.log(f"bench: {artifact.name}")
-        runner, path = ctx.open(artifact, ctx.recipe.bench.threads)
-        timed, inputs, settings = ctx.task.bench_setup(ctx, artifact.model, runner)
-        try:
-            result = benchmark(timed, batch_sizes=ctx.recipe.bench.batch_sizes, config=ctx.recipe.bench,
-                               model_path=path, **inputs)
-        finally:
-            timed.close()
-        data = result.to_dict()
-        data["settings"].update(settings)
-        if path is not None:  # the whole artifact: an IR's .bin, an ONNX file's external data
-            data["model_size_bytes"] = sum(p.stat().st_size for p in ctx.shipped_files(artifact))
-        write_json(record, {"key": key, "result": data})
-        results[artifact.name] = data
+    for artifact in artifacts:
+        files = [ctx.artifact_dir(artifact) / name for name in records]
+        before = _stamps(files)
+        bar.show(f"{artifact.name} ...")
+        results[artifact.name] = work(artifact)
+        bar.advance(artifact.name, reused=_stamps(files) == before)
     return results
+
+
+def _stamps(files: list[Path]) -> list[tuple[int, int] | None]:
+    """Which version of each file is there: records are replaced whole (``edgetl._io``), so a rewrite changes it."""
+    stamps = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            stamps.append(None)
+            continue
+        stamps.append((stat.st_ino, stat.st_mtime_ns))
+    return stamps

@@ -63,6 +63,7 @@ def qat_finetune(
     except Exception as exc:
         raise QuantizationError(f"{method}: NNCF cannot quantize the torch model: {str(exc).splitlines()[0]}") from None
 
+    from ..progress import substeps
     from ..train.loop import kd_loss
 
     # The FP32 model teaches its own quantized copy (self-distillation): the gate asks the INT8 model to
@@ -83,26 +84,32 @@ def qat_finetune(
     best = score()
     log(f"qat: after post-training quantization, val agreement {best[0]:.2f}%, accuracy {best[1]:.2f}%")
     best_state = copy.deepcopy(qmodel.state_dict())
-    for epoch in range(config.qat_epochs):
-        qmodel.train()
-        for module in qmodel.modules():  # keep BN statistics: a short fine-tune at batch 64 would only add noise
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-        order = rng.permutation(len(splits.train))
-        for begin in range(0, len(order), batch_size):
-            idx = np.sort(order[begin : begin + batch_size])
-            inputs = torch.from_numpy(preprocess.normalize(splits.train.images[idx]))
-            targets = torch.from_numpy(splits.train.labels[idx].astype(np.int64))
-            with torch.no_grad():
-                soft = reference(inputs)
-            optimizer.zero_grad()
-            loss = kd_loss(qmodel(inputs), soft, targets, temperature=config.qat_temperature, alpha=config.qat_alpha)
-            loss.backward()
-            optimizer.step()
-        current = score()
-        log(f"qat: epoch {epoch + 1}/{config.qat_epochs}, val agreement {current[0]:.2f}%, accuracy {current[1]:.2f}%")
-        if current > best:  # agreement first, accuracy breaks ties
-            best, best_state = current, copy.deepcopy(qmodel.state_dict())
+    steps_per_epoch = len(range(0, len(splits.train), batch_size))
+    # a bar under the quantize stage's on a terminal; a log has the epochs' own lines, so only the bar's last one
+    with substeps(config.qat_epochs * steps_per_epoch, f"{method}: step", max_lines=1) as progress:
+        for epoch in range(config.qat_epochs):
+            qmodel.train()
+            for module in qmodel.modules():  # keep BN statistics: a short fine-tune at batch 64 would only add noise
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            order = rng.permutation(len(splits.train))
+            for begin in range(0, len(order), batch_size):
+                idx = np.sort(order[begin : begin + batch_size])
+                inputs = torch.from_numpy(preprocess.normalize(splits.train.images[idx]))
+                targets = torch.from_numpy(splits.train.labels[idx].astype(np.int64))
+                with torch.no_grad():
+                    soft = reference(inputs)
+                optimizer.zero_grad()
+                loss = kd_loss(qmodel(inputs), soft, targets, temperature=config.qat_temperature,
+                               alpha=config.qat_alpha)
+                loss.backward()
+                optimizer.step()
+                progress.advance(f"epoch {epoch + 1}/{config.qat_epochs} loss {loss.item():.4f}")
+            current = score()
+            log(f"qat: epoch {epoch + 1}/{config.qat_epochs}, val agreement {current[0]:.2f}%, "
+                f"accuracy {current[1]:.2f}%")
+            if current > best:  # agreement first, accuracy breaks ties
+                best, best_state = current, copy.deepcopy(qmodel.state_dict())
     qmodel.load_state_dict(best_state)
     qmodel.eval()
 

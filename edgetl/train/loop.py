@@ -140,11 +140,11 @@ def seed_everything(seed: int) -> None:
 
 
 def progress_bar(enabled: bool) -> Any:
-    """A rich progress bar, one task per stage, with the running loss and accuracy; silent when disabled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """A rich progress bar (``edgetl.progress.bar``), one task per stage, with the running loss and accuracy; silent
+    when disabled."""
+    from ..progress import bar
 
-    return Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%"), disable=not enabled)
+    return bar("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%", enabled=enabled)
 
 
 def ticker(bar: Any, name: str, steps: int, completed: int = 0) -> Callable[[float, float], None]:
