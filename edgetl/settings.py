@@ -185,6 +185,9 @@ class QuantizeConfig:
     onnx_preprocess: bool = True  # ORT: quant_pre_process (shape inference + graph optimisation) first
     openvino_preset: Literal["performance", "mixed"] = "performance"  # NNCF: symmetric | asymmetric activations
     validation_size: int = ranged(1000, ge=1)  # accuracy-aware quantization: validation samples (from the val split)
+    # Accuracy-aware ORT search: each layer's cost (quantized alone) is scored on the first this-many of those
+    # samples; the gate (which layers stay FP32) is judged on all validation_size. Scoring was 2/3 of the search.
+    ranking_size: int = ranged(300, ge=1)
     accuracy_control_max_iterations: int = ranged(50, ge=0)  # accuracy-aware: at most this many layers back to FP32
     qat_lr: float = ranged(1e-4, gt=0)
     qat_alpha: float = ranged(0.9, ge=0, le=1)  # QAT loss weight on matching the FP32 model (1 - alpha: the labels)

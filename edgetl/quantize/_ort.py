@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..bench.paired import MARGIN
 from ..errors import BackendUnavailable, QuantizationError, QuantizationSkipped
-from .core import QuantizeInfo, Quantizer, calibration_count, is_token_batches, register_quantizer, failure_from
+from .core import (QuantizeInfo, Quantizer, calibration_count, failure_from, is_token_batches, register_quantizer,
+                   stratified_first)
 
 RUNTIME = "onnxruntime:CPUExecutionProvider"
 _STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -210,6 +213,7 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
     """
     import onnx
 
+    from ..progress import substeps
     from ..settings import GateConfig
     from ..runners import open_runner
     from ..validate import predict_logits, validate
@@ -225,10 +229,14 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
     cache, candidate, out = work / ".calibration.json", work / ".candidate.onnx", work / "model.onnx"
     with contextlib.closing(open_runner(prepared, RUNTIME)) as runner:
         reference = predict_logits(runner, data, preprocess)
+    # Each layer's cost is scored on a stratified part of the samples (the ranking); the gate on all of them.
+    scored = stratified_first(data.labels, config.ranking_size)
+    scoring = (data.subset(scored), reference[scored]) if len(scored) < len(data) else (data, reference)
 
-    def judged(exclude: list[str] | None = None, only: list[str] | None = None):
-        """Quantize (ranges calibrated once, then read from the cache) and validate; a passing model becomes
-        the output: the search only tries fewer FP32 layers after a pass, so the last pass is the answer."""
+    def judged(exclude: list[str] | None = None, only: list[str] | None = None, on=(data, reference)):
+        """Quantize (ranges calibrated once, then read from the cache) and validate on ``on`` (samples, their
+        reference outputs); a passing model becomes the output: the search only tries fewer FP32 layers after a
+        pass, so the last pass is the answer."""
         try:
             quantization.quantize_static(str(prepared), str(candidate), reader, nodes_to_exclude=exclude,
                                          nodes_to_quantize=only, op_types_to_quantize=text_ops,
@@ -236,7 +244,7 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
         except Exception as exc:
             raise failure_from(exc, method, _op_types(model), "onnxruntime") from None
         with contextlib.closing(open_runner(candidate, RUNTIME)) as runner:
-            report = validate(runner, data, preprocess, reference=reference, gate=gate)
+            report = validate(runner, on[0], preprocess, reference=on[1], gate=gate)
         if report.passed and only is None:
             candidate.replace(out)
         return report
@@ -245,25 +253,33 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
     first = report = judged()
     reverted: list[str] = []
     ranked: list[str] = []
+    costs: dict[str, Any] = {}
     if not report.passed:
         ops = set(text_ops or _SEARCHED_OPS)
         layers = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node
                   if n.name and n.op_type in ops]
-        costs = {name: judged(only=[name]) for name in layers}
+        with substeps(len(layers), f"{method}: layer") as progress:  # each layer quantized alone, and its cost
+            for name in layers:
+                costs[name] = judged(only=[name], on=scoring)
+                progress.advance(f"{name} agreement {costs[name].agreement:.2%}")
         ranked = sorted(layers, key=lambda name: (costs[name].agreement, -costs[name].mean_kl))
         low, high = 0, min(len(ranked), max(config.accuracy_control_max_iterations, 1))  # high must pass, low fails
-        report = judged(exclude=ranked[:high])
-        if not report.passed:
-            raise QuantizationSkipped(
-                f"{method}: with the {high} most sensitive of {len(layers)} layers in FP32 the model still fails "
-                f"the gate on {len(data)} validation samples ({'; '.join(report.reasons)}); variant skipped")
-        while high - low > 1:
-            middle = (low + high) // 2
-            trial = judged(exclude=ranked[:middle])
-            if trial.passed:
-                high, report = middle, trial
-            else:
-                low = middle
+        # at most 1 + ceil(log2(high)) trials: the one with every candidate in FP32, then the bisection
+        with substeps(1 + math.ceil(math.log2(max(high, 1))), f"{method}: FP32 layers") as progress:
+            report = judged(exclude=ranked[:high])
+            progress.advance(f"{high} kept: {_verdict(report)}")
+            if not report.passed:
+                raise QuantizationSkipped(
+                    f"{method}: with the {high} most sensitive of {len(layers)} layers in FP32 the model still "
+                    f"fails the gate on {len(data)} validation samples ({'; '.join(report.reasons)}); variant skipped")
+            while high - low > 1:
+                middle = (low + high) // 2
+                trial = judged(exclude=ranked[:middle])
+                progress.advance(f"{middle} kept: {_verdict(trial)}")
+                if trial.passed:
+                    high, report = middle, trial
+                else:
+                    low = middle
         reverted = ranked[:high]
     candidate.unlink(missing_ok=True)
     cache.unlink(missing_ok=True)
@@ -272,7 +288,11 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
         "max_accuracy_drop_points": config.max_accuracy_drop,
         "all_int8_agreement": round(first.agreement, 4), "all_int8_accuracy_drop": first.accuracy_drop,
         "agreement": round(report.agreement, 4), "accuracy_drop": report.accuracy_drop,
-        "fp32_layers": reverted, "ranked_layers": len(ranked), "search_seconds": round(time.perf_counter() - start, 1)}
+        "fp32_layers": reverted, "ranked_layers": len(ranked), "ranking_samples": len(scoring[0]),
+        "layer_costs": [{"layer": name, "agreement": round(costs[name].agreement, 4),
+                         "mean_kl": None if costs[name].mean_kl is None else round(float(costs[name].mean_kl), 6)}
+                        for name in ranked],
+        "search_seconds": round(time.perf_counter() - start, 1)}
     worth = _versus_fp32(out, source, calibration)
     settings["latency_vs_fp32_batch1"] = worth.to_dict()
     info = _finish(out, model, method, settings, calibration)
@@ -286,6 +306,10 @@ def make_static_accuracy_aware(source: Path, work: Path, *, calibration, validat
                       + ("" if verdict == "faster" else f": not clearly faster ({verdict} within "
                          f"{MARGIN:.0%}); the run's race decides what ships, and a VNNI or ARM target may differ"))
     return info
+
+
+def _verdict(report) -> str:
+    return f"{'pass' if report.passed else 'fail'}, agreement {report.agreement:.2%}"
 
 
 def _versus_fp32(model: Path, fp32: Path, calibration):

@@ -37,6 +37,16 @@ class QuantizeInfo:
         return asdict(self)
 
 
+def stratified_first(labels: np.ndarray, size: int) -> np.ndarray:
+    """Sorted indices of at most ``size`` samples, stratified over the classes present (fixed seed)."""
+    from ..data.dataset import stratified_indices
+
+    if len(labels) <= size:
+        return np.arange(len(labels))
+    per_class = -(-size // len(np.unique(labels)))  # the groups present (unlabelled data: one)
+    return np.sort(stratified_indices(labels, per_class, 0)[:size])
+
+
 @dataclass
 class ValidationSet:
     """Labelled held-out images for accuracy-aware quantization: uint8 images and the model's preprocessing."""
@@ -49,10 +59,7 @@ class ValidationSet:
         empty."""
         data = self.data
         if len(data) > size:
-            from ..data.dataset import stratified_indices
-
-            per_class = -(-size // len(np.unique(data.labels)))  # the groups present (unlabelled data: one)
-            data = data.subset(np.sort(stratified_indices(data.labels, per_class, 0)[:size]))
+            data = data.subset(stratified_first(data.labels, size))
         if len(data) == 0:
             raise QuantizationError(f"{method} needs validation samples; the validation split is empty")
         return data
