@@ -9,7 +9,7 @@ Text backbones (Hugging Face folders) have no builder. This module imports neith
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BackendUnavailable, RecipeError
@@ -121,6 +121,13 @@ class BackboneSpec:
         if self.default_image_size is not None:
             return f"{self.default_image_size}px"
         return f"{self.num_layers} layers x {self.hidden_size}" if self.num_layers else "tokens"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but the builder (code, not data), with what to install for the weights and the input in
+        words: what ``edgetl backbones --json`` prints."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "builder"}
+        return {**data, "requirement": self.requirement, "install_command": self.install_command,
+                "input": self.input_summary}
 
     def preprocess(self, image_size: int | None = None, channels: int = 3) -> ImagePreprocess:
         """The image preprocessing this backbone was trained with (text preprocessing comes from the

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional, TextIO, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .._io import write_json
 from ..errors import EdgetlError
 from ..train.launch import is_main_process
 
@@ -23,6 +29,11 @@ SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe field: section.key=value (repeatable).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+JsonOpt = Annotated[
+    Optional[str],
+    typer.Option("--json", metavar="PATH", help="Also write the result as JSON to PATH; - prints only the JSON on "
+                                                "stdout (everything else goes to stderr)."),
+]
 
 
 def fail(message: str, code: int) -> None:
@@ -32,6 +43,101 @@ def fail(message: str, code: int) -> None:
 
 def out_print(message: str) -> None:
     out.print(message, highlight=False)
+
+
+# -- --json: the record a command's files hold, for scripts --------------------------------------------------------
+
+JSON_STDOUT = "-"
+_json_stream: TextIO | None = None  # the real stdout while a command runs with --json -
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def json_command(command: Command) -> Command:
+    """Wrap a command with a ``json_path: JsonOpt`` parameter: a folder given as ``--json`` is refused before any
+    work, and with ``--json -`` everything the command prints (tables, logs, progress, native libraries) goes to
+    stderr while it runs, so stdout holds only the JSON that ``emit`` writes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        json_path = kwargs.get("json_path")
+        if json_path not in (None, JSON_STDOUT) and Path(json_path).is_dir():
+            raise EdgetlError(f"--json {json_path} is a folder; give a file path, e.g. "
+                              f"{Path(json_path) / (command.__name__.split('_')[0] + '.json')}")
+        if json_path != JSON_STDOUT:
+            return command(*args, **kwargs)
+        with _stdout_to_stderr():
+            return command(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send stdout to stderr, Python's and (when stdout is a real file) file descriptor 1 too, where OpenVINO and
+    other native code write; ``_json_stream`` keeps the real stdout for ``emit``."""
+    global _json_stream
+    stdout = sys.stdout
+    stdout.flush()
+    try:
+        fd, to = stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):  # captured (tests): Python's streams are all there is
+        fd = to = None
+    saved = os.dup(fd) if fd is not None else None
+    previous = _json_stream
+    _json_stream = open(saved, "w", closefd=False) if saved is not None else stdout
+    try:
+        if fd is not None:
+            sys.stderr.flush()
+            os.dup2(to, fd)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        stdout.flush()  # what was written to the original stdout object belongs to stderr, before fd 1 is restored
+        sys.stderr.flush()
+        _json_stream.flush()
+        if saved is not None:
+            os.dup2(saved, fd)
+            _json_stream.close()
+            os.close(saved)
+        _json_stream = previous
+
+
+def emit(record: Any, json_path: str | None) -> None:
+    """The ``--json`` output: ``record`` (made JSON-safe by ``jsonable``) written atomically to ``json_path``, or
+    printed on stdout when it is ``-``; nothing without ``--json``, or on the other processes of a distributed
+    launch."""
+    if json_path is None or not is_main_process():
+        return
+    data = jsonable(record)
+    if json_path != JSON_STDOUT:
+        write_json(json_path, data)
+        return
+    stream = _json_stream or sys.stdout
+    stream.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    stream.flush()
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: dataclasses as dicts, paths as strings, numpy scalars and arrays as numbers and
+    lists, tuples and sets as lists; NaN and infinities (not JSON) as null."""
+    import dataclasses
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return jsonable(value.tolist())
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def floats(text: str | None, option: str) -> list[float] | None:

@@ -8,11 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import EdgetlError
-from .console import QuietOpt, RecipeArg, SetOpt, fail, floats, out, out_print, print_distill, print_run, stages_context
+from .console import (JsonOpt, QuietOpt, RecipeArg, SetOpt, emit, fail, floats, json_command, out, out_print,
+                      print_distill, print_run, stages_context)
 
 
-def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Fine-tune, distill, export, quantize, validate, benchmark and ship, from one recipe."""
+@json_command
+def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False, json_path: JsonOpt = None) -> None:
+    """Fine-tune, distill, export, quantize, validate, benchmark and ship, from one recipe (--json: the run's
+    summary.json)."""
     from ..pipeline import run as run_pipeline
     from ..recipe import load_recipe
 
@@ -20,8 +23,10 @@ def run(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) 
     summary = run_pipeline(loaded, progress=not quiet, log=lambda m: out.print(m, highlight=False))
     if summary:  # {}: one of the other processes of a distributed launch
         print_run(summary)
+        emit(summary, json_path)
 
 
+@json_command
 def optimize(
     model: Annotated[str, typer.Argument(help="Your model: .onnx, OpenVINO .xml, torch.export .pt2, a Hugging Face "
                                                 "folder or hub id (owner/name), or package.module:factory with "
@@ -52,8 +57,10 @@ def optimize(
                                                         "targets (repeatable).")] = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
+    json_path: JsonOpt = None,
 ) -> None:
-    """Your own model -> export, quantize, validate against the original on your data, bench, ship a bundle."""
+    """Your own model -> export, quantize, validate against the original on your data, bench, ship a bundle
+    (--json: the run's summary, with the --target results under "targets")."""
     from ..pipeline.optimize import optimize as run_optimize
     from .device_commands import bench_on_targets
 
@@ -63,12 +70,20 @@ def optimize(
                            progress=not quiet, log=out_print)
     print_run(summary)
     if target:
-        bench_on_targets(Path(summary["archive"]), target, quiet=quiet)
+        report = bench_on_targets(Path(summary["archive"]), target, quiet=quiet, emit_failure=False)
+        emit({**summary, "targets": report.to_dict()}, json_path)
+        if report.failure():
+            fail(report.failure(), 1)
+    else:
+        emit(summary, json_path)
 
 
-def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+@json_command
+def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False, json_path: JsonOpt = None
+             ) -> None:
     """Transfer learning: linear probe on the frozen backbone, then staged unfreezing (and, with
-    finetune.scratch_baseline, the same backbone from random weights to compare with)."""
+    finetune.scratch_baseline, the same backbone from random weights to compare with). --json: the teacher's
+    result.json, with "transfer" (the negative-transfer verdict)."""
     from ..pipeline.stages import scratch_stage
     from ..pipeline.transfer import check_scratch, transfer_of
     from .console import print_transfer
@@ -78,39 +93,68 @@ def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
     result = stages.finetune_stage(ctx)
     scratch_stage(ctx)
     out.print(f"linear probe {result.probe_test_accuracy:.2f}% -> fine-tuned {result.test_accuracy:.2f}% test accuracy")
-    print_transfer(transfer_of(ctx))
+    transfer = transfer_of(ctx)
+    print_transfer(transfer)
+    emit({**_teacher_record(ctx), "transfer": transfer}, json_path)
 
 
-def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Knowledge distillation of the fine-tuned teacher into a smaller student (with the no-teacher ablation)."""
+def _teacher_record(ctx) -> dict:
+    """What the teacher's result.json holds (its key, accuracies, history)."""
+    from .._io import read_json
+    from ..tasks import TEACHER
+    from ..train.loop import RESULT_FILE
+
+    return read_json(ctx.model_dir(TEACHER) / RESULT_FILE)
+
+
+@json_command
+def distill(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False, json_path: JsonOpt = None
+            ) -> None:
+    """Knowledge distillation of the fine-tuned teacher into a smaller student (with the no-teacher ablation).
+    --json: the distillation summary (as in summary.json); null when distillation is off."""
     stages, ctx = stages_context(recipe, set_, quiet)
     result = stages.distill_stage(ctx)
     if result is None:
         out.print("distillation is off in this recipe (distill.enabled = false)")
+        emit(None, json_path)
         return
     from ..pipeline import distill_summary
 
-    print_distill(distill_summary(result))
+    summary = distill_summary(result)
+    print_distill(summary)
+    emit(summary, json_path)
 
 
-def export(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Export the fine-tuned model to ONNX and OpenVINO IR."""
+@json_command
+def export(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False, json_path: JsonOpt = None) -> None:
+    """Export the fine-tuned model to ONNX and OpenVINO IR (--json: each variant's export record)."""
     stages, ctx = stages_context(recipe, set_, quiet)
-    for record in stages.export_stage(ctx):
+    records = stages.export_stage(ctx)
+    for record in records:
         out.print(f"{record['variant']}: {', '.join(record['files'])} ({record['exporter']}, opset {record['opset']})")
+    emit(records, json_path)
 
 
-def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+@json_command
+def quantize(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False, json_path: JsonOpt = None
+             ) -> None:
     """Quantize the exported models with every method in quantize.methods (INT8 static/dynamic, FP16), then
-    quantization-aware training where post-training INT8 misses the gate (quantize.qat)."""
+    quantization-aware training where post-training INT8 misses the gate (quantize.qat). --json: each variant's
+    record by name, {"skipped": why} for one that was skipped or not needed."""
     stages, ctx = stages_context(recipe, set_, quiet)
+    records = {}
     for name, record in stages.quantize_stage(ctx).items():
         if record is None:
-            out.print(f"{name}: skipped: {ctx.skip_reason(name) or 'see the log above'}")
+            reason = ctx.skip_reason(name)
+            out.print(f"{name}: skipped: {reason or 'see the log above'}")
+            records[name] = {"skipped": reason}
         else:
             out.print(f"{name}: {', '.join(record['files'])} from {record['source']}")
+            records[name] = record
+    emit(records, json_path)
 
 
+@json_command
 def validate(
     recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML (none: the built-in example), or a model file "
                                                      "(.onnx, .xml) made elsewhere, with --reference and --data.")
@@ -124,9 +168,10 @@ def validate(
     std: Annotated[Optional[str], typer.Option(help="Model file only: pixel std, e.g. 0.229,0.224,0.225.")] = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
+    json_path: JsonOpt = None,
 ) -> None:
     """Run the shared validation check on every exported variant (or on one model file against its original);
-    exit 1 if any fails."""
+    exit 1 if any fails. --json: the validation reports by artifact (written before the exit)."""
     from ..pipeline.optimize import MODEL_FILE_RUNTIMES, validate_file
     from ..validate import describe_measures
 
@@ -145,14 +190,19 @@ def validate(
     for name, report in reports.items():
         verdict = "pass" if report["passed"] else "FAIL: " + "; ".join(report["reasons"])
         out.print(f"{name}: {describe_measures(report)} -> {verdict}", highlight=False)
+    emit(reports, json_path)
     failed = [name for name, r in reports.items() if not r["passed"]]
     if failed:
         fail(f"{len(failed)} of {len(reports)} failed the validation gate ({', '.join(failed[:4])}"
               f"{', ...' if len(failed) > 4 else ''}); see the reasons above, or loosen [validate.gate]", 1)
 
 
-def ship(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Bundle the variants that passed validation into models/<name>/ and a .tar.gz."""
+@json_command
+def ship(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = False, json_path: JsonOpt = None) -> None:
+    """Bundle the variants that passed validation into models/<name>/ and a .tar.gz (--json: the bundle's path,
+    archive, default artifact and manifest)."""
     stages, ctx = stages_context(recipe, set_, quiet)
     shipped = stages.ship_stage(ctx)
     out.print(f"bundle: {shipped.path}  ({shipped.archive})")
+    emit({"bundle": shipped.path, "archive": shipped.archive, "default_artifact": shipped.default_artifact,
+          "manifest": shipped.manifest}, json_path)
