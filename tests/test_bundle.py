@@ -140,7 +140,7 @@ def test_ship_writes_folder_archive_and_checksums(model_files, tmp_path):
     on_disk = {p.relative_to(shipped.path).as_posix() for p in shipped.path.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk - {"manifest.json"}
     assert {"model/onnx-fp32/colours.onnx", "model/openvino-fp32/colours.xml", "model/openvino-fp32/colours.bin",
-            "labels.json", "preprocess.json", "recipe.toml", "README.md"} == set(manifest["files"])
+            "labels.json", "preprocess.json", "recipe.toml", "README.md", "predict.py"} == set(manifest["files"])
     for rel, meta in manifest["files"].items():
         data = (shipped.path / rel).read_bytes()
         assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}, rel
@@ -220,7 +220,7 @@ def test_verify_accepts_fresh_folder_and_archive(model_files, tmp_path):
     for target in (shipped.path, shipped.archive):
         report = verify(target)
         assert report.ok, report.problems
-        assert report.checked_files == len(shipped.manifest["files"]) == 7
+        assert report.checked_files == len(shipped.manifest["files"]) == 8  # predict.py among them
         assert sorted(report.loaded_artifacts) == ["onnx-fp32", "openvino-fp32"]
 
 

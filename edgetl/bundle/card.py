@@ -1,5 +1,9 @@
 """The bundle's model card (README.md): what the model is, how well and how fast each artifact runs, how to use it.
 
+It opens with YAML front matter in the Hugging Face model card format (``card_metadata``: licence, tags, dataset,
+pipeline tag and a model-index of the measured test metrics), so the bundle folder can be pushed to a model hub as
+it is. "How to run" shows the bundle's own ``predict.py`` first (no edgetl needed), then ``edgetl``.
+
 Wording about the model's input comes from the preprocessing's ``card_fields()``: ``task``, ``description``,
 ``samples`` (plural noun: "images"), ``input`` (the input line), ``steps`` (the preprocessing), ``example`` (a sample
 for the command line), ``example_code`` (the same in Python), ``needs`` (the packages to install), ``not_needed``
@@ -10,15 +14,18 @@ model (manifest ``output``) is data: ``_WORDING``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from ..validate import OUTPUT_KINDS
-from .manifest import BundlePreprocess
+from .card_metadata import card_metadata, front_matter
+from .manifest import PREDICT_SCRIPT, REPORT_FILE, BundlePreprocess
+from .predict_script import FORMATS_FOR_BACKEND, NEEDS, RUNTIME_PACKAGES
 
 # Card keys with their own place in the README; other keys go under "Other results" or "Other details".
-_CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_license", "weights_license", "intended_use",
-                "limitations", "exporter", "transfer", "shipped_because"}
+_CARD_PLACED = {"description", "backbone", "task", "dataset", "dataset_id", "dataset_license", "weights_license",
+                "intended_use", "limitations", "exporter", "transfer", "shipped_because"}
 _SIX_DECIMALS = {"mean_cosine", "min_cosine"}
 _LATENCY_KEYS = ("target", "device", "runtime", "threads", "batch_size", "median_ms", "mean_ms", "p90_ms", "p99_ms",
                  "throughput", "peak_rss_mb")
@@ -82,8 +89,12 @@ _WORDING = {
 }
 
 
-def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundlePreprocess, card: dict[str, Any]) -> str:
-    """The bundle's README.md from its manifest, labels, preprocessing and the caller's ``card`` details."""
+def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundlePreprocess, card: dict[str, Any],
+                files: Collection[str] = ()) -> str:
+    """The bundle's README.md from its manifest, labels, preprocessing and the caller's ``card`` details: YAML front
+    matter in the Hugging Face model card format (``card_metadata``), then the card. ``files``: the bundle's other
+    files, by bundle-relative name; the card shows how to run ``predict.py`` and links ``report.html`` when they are
+    among them."""
     name, artifacts, default = manifest["name"], manifest["artifacts"], manifest["default_artifact"]
     fields = preprocess.card_fields()
     kind = manifest.get("output", "logits")
@@ -117,13 +128,20 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
          "passed" if e["validation"].get("passed") else "failed"]
         for n, e in artifacts.items()
     ]
-    results = {k: v for k, v in card.items() if k not in _CARD_PLACED and ("accuracy" in k or "f1" in k)}
+    measured = [k for k in card if k not in _CARD_PLACED and ("accuracy" in k or "f1" in k)]
+    # A measure the run did not take (e.g. no ablation) is left out, not printed as "–".
+    results = {k: card[k] for k in measured if card[k] is not None}
     latency = [{"artifact": n, **row} for n, e in artifacts.items() for row in _bench_rows(e.get("benchmark"))]
     columns = [key for key in ("artifact", *_LATENCY_KEYS) if any(key in row for row in latency)]
-    other = [[k, v] for k, v in card.items() if k not in _CARD_PLACED and k not in results]
+    other = [[k, v] for k, v in card.items() if k not in _CARD_PLACED and k not in measured]
+    task = str(overview[1][1])
 
-    lines = [f"# {name}", "", str(card.get("description") or fields["description"]), ""]
+    lines = [*front_matter(card_metadata(manifest, card, task)), ""]
+    lines += [f"# {name}", "", str(card.get("description") or fields["description"]), ""]
     lines += _table(["", ""], overview)
+    if REPORT_FILE in files:
+        lines += ["", (f"The accuracy–latency trade-off of every artifact the run made, with plots: [{REPORT_FILE}]"
+                       f"({REPORT_FILE}) (one self-contained page; open it in a browser).")]
     lines += ["", f"## {wording.heading}", "", wording.intro, ""]
     lines += _table(["Artifact", "Format", "Runtime", *(header for header, _ in columns_shown), "Gate"], accuracy)
     lines += ["", *(f"- {key}: {_fmt(value)}" for key, value in results.items())] if results else []
@@ -139,7 +157,10 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
         f"- Data licence: {card.get('dataset_license', 'not recorded')}",
         f"- Weights licence: {card.get('weights_license', 'not recorded')}",
         *([f"- Exported with: {card['exporter']}"] if card.get("exporter") else []),
-        "", "## How to run", "", f"Needs {fields['needs']}; {fields['not_needed']}.", "", "```bash",
+        "", "## How to run", "", f"Needs {fields['needs']}; {fields['not_needed']}.", "",
+        *(_script_lines(manifest, preprocess.kind, fields["example"], wording.cli_note) if PREDICT_SCRIPT in files
+          else []),
+        "```bash",
         f"edgetl verify {name}.tar.gz     # checksums, labels, preprocessing, one test inference per artifact",
         f"edgetl predict {name}/ {fields['example']}                          # {wording.cli_note}",
         f"edgetl predict {name}/ {fields['example']} --runtime openvino:CPU",
@@ -151,6 +172,22 @@ def render_card(manifest: dict[str, Any], labels: list[str], preprocess: BundleP
     ]
     lines += ["", "## Other details", "", *_table(["", ""], other)] if other else []
     return "\n".join(lines) + "\n"
+
+
+def _script_lines(manifest: dict[str, Any], kind: str, example: str, note: str) -> list[str]:
+    """How to run the bundle's own predict.py: what to install, then the command lines, the default artifact first
+    and another runtime's after it when the bundle has an artifact that runtime opens."""
+    artifacts = manifest["artifacts"]
+    runtime = RUNTIME_PACKAGES[artifacts[manifest["default_artifact"]]["format"]]
+    others = [backend for backend, formats in FORMATS_FOR_BACKEND.items()
+              if backend != runtime and any(e["format"] in formats for e in artifacts.values())]
+    return [
+        f"`{PREDICT_SCRIPT}` in this folder runs it without edgetl:", "", "```bash",
+        f"pip install {' '.join(NEEDS[kind])} {runtime}",
+        f"python {PREDICT_SCRIPT} {example}                          # {note}",
+        *(f"python {PREDICT_SCRIPT} {example} --runtime {backend}" for backend in others),
+        "```", "", "With edgetl installed:", "",
+    ]
 
 
 def _transfer_lines(transfer: dict[str, Any] | None) -> list[str]:

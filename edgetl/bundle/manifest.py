@@ -33,6 +33,11 @@ MODEL_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 _VERSIONED = ("onnxruntime", "openvino", "onnx", "torch", "numpy", "pillow", "tokenizers", "optimum",
               "optimum-onnx", "optimum-intel", "transformers")
 REQUIRED_FILES = ("labels.json", "preprocess.json", "recipe.toml", "README.md")
+# The bundle's own prediction script (edgetl/bundle/predict_script.py): numpy, Pillow or tokenizers and a runtime,
+# no edgetl. Not required: bundles shipped before it, or of a kind the script does not read, have none.
+PREDICT_SCRIPT = "predict.py"
+# The run's HTML report, when the caller ships it (``ship(extra_files={"report.html": path})``); the card links it.
+REPORT_FILE = "report.html"
 # Preprocessed inputs, labels and the reference model's logits: what a device is checked against.
 SLICE_FILE = "validation/slice.npz"
 # Preprocessed inputs a device times the models on (it may have no tokenizer or image decoder).

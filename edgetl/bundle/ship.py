@@ -18,9 +18,11 @@ from .. import __version__
 from .._io import atomic_path, write_json, write_text
 from ..errors import BundleError
 from ..validate import OUTPUT_KINDS
+from . import predict_script
 from .card import render_card
-from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, OUTPUTS, REQUIRED_FILES, SLICE_FILE,
-                       BundleOutput, BundlePreprocess, file_table, model_file, runtime_versions)
+from .manifest import (BENCH_FILE, FORMAT_VERSION, MANIFEST, MODEL_SUFFIX, OUTPUTS, PREDICT_SCRIPT, REQUIRED_FILES,
+                       SLICE_FILE, BundleOutput, BundlePreprocess, file_table, model_file, runtime_versions)
+from .predict_script import INPUTS as PREDICT_INPUTS
 from .slice import ModelInputs, ValidationSlice, check_inputs, input_arrays, save_npz
 
 
@@ -88,8 +90,12 @@ def ship(
     ``bench_inputs`` (preprocessed model inputs, one array or {input name: array}) as ``validation/bench.npz``
     for timing them there, described in the manifest by ``bench_description`` (e.g. "test texts of 13 tokens
     (the median)"). ``default`` names the artifact ``predict`` uses when none is asked for (otherwise the first
-    ONNX one). ``extra_files`` ({name in the bundle: source file}) go to the bundle's root; every file the
-    preprocessing needs (``preprocess.required_files()``, e.g. a tokenizer) must be among them.
+    ONNX one). ``extra_files`` ({name in the bundle: source file}) go to the bundle's root and its manifest; every
+    file the preprocessing needs (``preprocess.required_files()``, e.g. a tokenizer) must be among them, and the
+    run's ``report.html`` (``REPORT_FILE``) may be: the card links it.
+
+    Every bundle of a kind ``predict_script`` reads (images, texts) also gets ``predict.py``, that script: it runs
+    the bundle with numpy, Pillow or tokenizers and onnxruntime or OpenVINO, without edgetl.
 
     ``output`` says what the models return per sample: "logits" (one column per label), "embedding" (a vector of
     ``output_dim`` columns) or "regression" (``output_dim`` real values); for the last two ``labels`` must be empty,
@@ -148,7 +154,10 @@ def ship(
             save_npz(staging / BENCH_FILE, input_arrays(bench_inputs))
             manifest["bench_inputs"] = {"file": BENCH_FILE, "rows": bench_rows,
                                         "description": bench_description or f"{bench_rows} preprocessed inputs"}
-        write_text(staging / "README.md", render_card(manifest, labels, preprocess, card))
+        if preprocess.kind in PREDICT_INPUTS:
+            write_text(staging / PREDICT_SCRIPT, Path(predict_script.__file__).read_text(encoding="utf-8"))
+        files = [path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file()]
+        write_text(staging / "README.md", render_card(manifest, labels, preprocess, card, files=files))
         manifest["files"] = file_table(staging)
         write_json(staging / MANIFEST, manifest)
 
@@ -231,7 +240,8 @@ def _check_extra_files(extra_files: dict[str, Path], preprocess: BundlePreproces
     """The extra files as paths, each a plain free name and an existing file, covering what preprocessing needs."""
     extra_files = {extra: Path(source) for extra, source in extra_files.items()}
     for extra, source in extra_files.items():
-        if extra in REQUIRED_FILES or extra in (MANIFEST, "model", "validation") or "/" in extra or extra.startswith("."):
+        taken = (*REQUIRED_FILES, MANIFEST, PREDICT_SCRIPT, "model", "validation")
+        if extra in taken or "/" in extra or "\\" in extra or extra.startswith("."):
             raise BundleError(f"extra file name {extra!r} is taken or not a plain file name")
         if not source.is_file():
             raise BundleError(f"extra file not found: {source}")
