@@ -50,6 +50,7 @@ class ValidationReport:
     reasons: list[str] = field(default_factory=list)
     gate: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    confusion: list[list[int]] | None = None  # labelled class logits: counts, rows = true class, columns = predicted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +185,7 @@ def validate(
         accuracy=_accuracy(logits, labels) if labelled else None,
         macro_f1=_macro_f1(logits.argmax(1), labels, logits.shape[1]) if labelled else None,
         output=output,
+        confusion=_confusion(logits.argmax(1), labels, logits.shape[1]) if labelled else None,
     )
     if reference is not None:
         ref_logits = (reference if isinstance(reference, np.ndarray)
@@ -375,6 +377,12 @@ def _macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
         if tp + fp + fn:
             scores.append(2 * tp / (2 * tp + fp + fn))
     return round(float(np.mean(scores)) * 100, 4) if scores else 0.0
+
+
+def _confusion(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[list[int]]:
+    """Counts of (true class, predicted class): row i, column j = samples of class i predicted as j."""
+    pairs = np.bincount(labels.astype(np.int64) * num_classes + pred, minlength=num_classes * num_classes)
+    return pairs[: num_classes * num_classes].reshape(num_classes, num_classes).tolist()
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

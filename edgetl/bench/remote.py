@@ -132,6 +132,7 @@ def bench_targets(
         else:
             root = extract_archive(path, Path(tmp)) if path.is_file() else path
         loaded = load_bundle(root)
+        keep = None if bare else _results_folder(path, root)
 
         def one(profile: TargetProfile) -> None:
             log(f"{profile.name}: measuring on {profile.address}" + (" (EMULATED)" if profile.emulated else ""))
@@ -144,6 +145,8 @@ def bench_targets(
                 report.results[profile.name] = result
                 if json_path is not None:
                     write_json(json_path, report.to_dict())
+                if keep is not None:
+                    _save_target(keep, result, str(path), log)
             log(f"{profile.name}: done in {result.seconds:.1f} s")
 
         with ThreadPoolExecutor(max_workers=len(profiles), thread_name_prefix="edgetl-target") as pool:
@@ -156,6 +159,37 @@ def bench_targets(
     if json_path is not None:
         write_json(json_path, report.to_dict())
     return report
+
+
+def _results_folder(bundle: Path, root: Path) -> Path | None:
+    """Where a bundle's target results are kept: the bundle folder itself, or for an archive the bundle folder
+    beside it (``models/NAME/`` for ``models/NAME.tar.gz``) when that holds the same bundle (the same manifest);
+    None when there is no such folder."""
+    if bundle.is_dir():
+        return bundle
+    name = bundle.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    sibling = bundle.parent / name
+    try:
+        same = (sibling / "manifest.json").read_bytes() == (root / "manifest.json").read_bytes()
+    except OSError:
+        return None
+    return sibling if same else None
+
+
+def _save_target(folder: Path, result: TargetResult, bundle: str, log: Callable[[str], None]) -> None:
+    """One target's result as ``targets/<target>.json`` in the bundle folder, which ``edgetl report BUNDLE`` draws
+    (outside the manifest's checksums: ``verify`` ignores the folder). Not saved (and said) when the folder is
+    read-only."""
+    from ..report.record import TARGETS_DIR, target_file_name
+
+    path = folder / TARGETS_DIR / target_file_name(result.target)
+    choice = TargetsReport(bundle, {result.target: result}).choices()[result.target]
+    record = {"bundle": bundle, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "target": result.to_dict(), "choice": choice}
+    try:
+        write_json(path, record)
+    except OSError as exc:
+        log(f"{result.target}: result not saved in {path} ({exc})")
 
 
 # -- reading the agent's events ---------------------------------------------------------------------------

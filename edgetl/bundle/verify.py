@@ -24,6 +24,8 @@ from .slice import ValidationSlice, check_inputs, slice_inputs
 
 # Why an .npz may fail to load.
 _NPZ_ERRORS = (BundleError, KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile)
+# Written into a bundle folder after shipping (edgetl.report, edgetl.bench.remote): not flagged when unlisted.
+_TARGETS_DIR, _REPORT_FILES = "targets", ("report.html", "report.json")
 
 
 @dataclass
@@ -159,10 +161,16 @@ def _check_checksums(root: Path, listed: dict[str, Any], report: VerifyReport) -
         rel = path.relative_to(root).as_posix()
         if path.is_symlink():
             problems.append(f"{rel}: links are not allowed in a bundle")
-        elif path.is_file() and rel != MANIFEST and rel not in listed:
+        elif path.is_file() and rel != MANIFEST and rel not in listed and not _added_later(rel):
             problems.append(f"{rel}: unlisted file (not in the manifest)")
     problems.extend(f"manifest does not list {rel}" for rel in REQUIRED_FILES if rel not in listed)
     return damaged
+
+
+def _added_later(rel: str) -> bool:
+    """Files a bundle folder gains after shipping, outside the checksums: ``edgetl bench --target`` results under
+    ``targets/`` and the page ``edgetl report`` (re)writes with them; listed in the manifest, they are checked."""
+    return rel.startswith(f"{_TARGETS_DIR}/") or rel in _REPORT_FILES
 
 
 def _check_artifacts(manifest: dict[str, Any], listed: dict[str, Any], damaged: set[str],

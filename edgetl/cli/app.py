@@ -14,6 +14,7 @@ from .bundle_commands import backbones, env, predict, verify
 from .console import err, fail
 from .device_commands import bench, targets_app
 from .pipeline_commands import distill, export, finetune, optimize, quantize, run, ship, validate
+from .report_commands import report
 
 app = typer.Typer(
     help="edgetl: fine-tune, export, validate, benchmark and ship models for edge devices.",
@@ -21,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _command in (run, optimize, finetune, distill, export, quantize, validate, bench, ship, verify, predict,
+for _command in (run, optimize, finetune, distill, export, quantize, validate, bench, ship, verify, predict, report,
                  backbones, env):
     app.command()(_command)
 app.add_typer(targets_app, name="targets")

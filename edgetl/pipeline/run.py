@@ -12,7 +12,7 @@ from ..train.launch import is_main_process
 from .context import RunContext
 from .lock import run_lock
 from .select import decide, distill_summary, summary_rows
-from .ship import ship_stage
+from .ship import report_files, ship_stage
 from .stages import (
     bench_stage,
     distill_stage,
@@ -55,7 +55,6 @@ def _run(ctx: RunContext) -> dict[str, Any]:
     validation = timed("validate", validate_stage, ctx)
     benchmarks = timed("bench", bench_stage, ctx)
     decisions = timed("select", decide, ctx, validation, benchmarks)  # the race among the passing artifacts
-    shipped = timed("ship", ship_stage, ctx, validation, benchmarks, decisions)
     summary = {
         "run": recipe.run.name,
         "task": ctx.task.name,
@@ -65,11 +64,12 @@ def _run(ctx: RunContext) -> dict[str, Any]:
         "skipped_files": [f.path for f in getattr(ctx.splits, "skipped", [])],  # unreadable, named in the log
         "variants": summary_rows(validation, benchmarks, decisions),
         "decisions": decisions,
-        "default_artifact": shipped.default_artifact,
-        "bundle": str(shipped.path),
-        "archive": str(shipped.archive),
+        "default_artifact": next((name for name, d in decisions.items() if d.get("default")), None),
         "stage_seconds": stage_seconds,
-        "seconds": round(time.perf_counter() - start, 1),
     }
+    report = timed("report", report_files, ctx, summary)  # runs/<name>/report.html and .json, shipped too
+    shipped = timed("ship", ship_stage, ctx, validation, benchmarks, decisions, report)
+    summary.update(default_artifact=shipped.default_artifact, bundle=str(shipped.path), archive=str(shipped.archive),
+                   seconds=round(time.perf_counter() - start, 1))
     write_json(ctx.run_dir / "summary.json", summary)
     return summary

@@ -16,8 +16,10 @@ from .stages import bench_stage, validate_stage
 
 
 def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict | None = None,
-               decisions: dict | None = None):
-    """Bundle the shipped artifacts; returns the ``ShippedBundle``."""
+               decisions: dict | None = None, extra_files: dict[str, Path] | None = None):
+    """Bundle the shipped artifacts; returns the ``ShippedBundle``. ``extra_files`` ({name in the bundle: source
+    file}, e.g. ``{"report.html": ..., "report.json": ...}``) go into the bundle and its manifest beside the task's
+    own (a tokenizer); the model card links a ``report.html``."""
     from ..bundle import Artifact, ship
 
     validation = validation or validate_stage(ctx)
@@ -33,11 +35,21 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
                 recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(),
                 card=card(ctx, chosen, decisions),
                 data_sha256=ctx.task.fingerprint(ctx.splits), source_model=ctx.origin.provenance(ctx),
-                default=default, extra_files=ctx.task.bundle_files(ctx, model_key),
+                default=default, extra_files={**ctx.task.bundle_files(ctx, model_key), **(extra_files or {})},
                 validation_slice=validation_slice(ctx, model_key),
                 bench_inputs=bench[0] if bench else None, bench_description=bench[1] if bench else None,
                 output=ctx.task.output,
                 output_dim=ctx.reference_logits(model_key).shape[1] if ctx.task.output != "logits" else None)
+
+
+def report_files(ctx: RunContext, summary: dict[str, Any]) -> dict[str, Path]:
+    """``report.html`` (and the ``report.json`` it is drawn from) for the run folder, to ship in the bundle too:
+    {name in the bundle: file}. The summary is the run's so far (what ``summary.json`` will hold)."""
+    from ..report import REPORT_HTML, REPORT_JSON, write_report
+
+    bundle = Path(ctx.recipe.ship.output_dir) / (ctx.recipe.ship.name or ctx.recipe.run.name)
+    page = write_report(ctx.run_dir, summary={**summary, "bundle": str(bundle)})
+    return {REPORT_HTML: page, REPORT_JSON: ctx.run_dir / REPORT_JSON}
 
 
 def shipped_artifacts(ctx: RunContext, decisions: dict[str, dict]) -> tuple[list[Planned], str]:
@@ -78,8 +90,11 @@ def card(ctx: RunContext, chosen: list[Planned], decisions: dict[str, dict] | No
     if decisions:
         fields["shipped_because"] = {a.name: decisions[a.name]["reason"] for a in chosen if a.name in decisions}
     if ctx.recipe.distill.enabled and (ctx.model_dir(STUDENT) / "result.json").is_file():
+        # The keys of edgetl.train.distill.DistillResult, as result.json holds them (the pipeline once read the
+        # student's accuracy as "test_accuracy", so the card said "student_test_accuracy: –"; test_card checks them).
         distilled = read_json(ctx.model_dir(STUDENT) / "result.json")
         fields.update({"teacher_backbone": ctx.recipe.model.backbone, "student": distilled.get("student"),
-                       "student_test_accuracy": distilled.get("student_test_accuracy"),
-                       "student_without_teacher_test_accuracy": distilled.get("baseline_test_accuracy")})
+                       "student_test_accuracy": distilled.get("student_test_accuracy")})
+        if distilled.get("baseline_test_accuracy") is not None:  # the no-teacher ablation ran
+            fields["student_without_teacher_test_accuracy"] = distilled["baseline_test_accuracy"]
     return fields
