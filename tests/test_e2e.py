@@ -19,7 +19,7 @@ SMALL = [
     "quantize.calibration_size=40",
 ]
 FP32 = ["torch-fp32", "onnx-fp32", "openvino-fp32"]
-QUANTIZED = ["onnx-int8-dynamic", "onnx-int8-static", "onnx-int8-static-acc", "openvino-int8"]
+QUANTIZED = ["onnx-int8-static", "onnx-int8-static-acc", "openvino-int8"]
 
 
 def _edgetl(tmp_path, *args):
@@ -67,6 +67,11 @@ def test_run_ships_a_verified_bundle_with_a_table(finished_run):
     assert (root / "models/e2e.tar.gz").is_file() and (root / "runs/e2e/recipe.toml").is_file()
     verify = _edgetl(root, "verify", "models/e2e")
     assert verify.returncode == 0, verify.stderr
+    # the report: in the run folder and, checksummed, in the bundle; it names the shipped default artifact
+    for folder in ("runs/e2e", "models/e2e"):
+        page = (root / folder / "report.html").read_text()
+        assert summary["default_artifact"] in page and page.count("<svg") >= 5
+    assert {"report.html", "report.json", "predict.py"} <= set(manifest["files"])
     verify_archive = _edgetl(root, "verify", "models/e2e.tar.gz")
     assert verify_archive.returncode == 0, verify_archive.stderr
 

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .console import out
+from .console import JsonOpt, emit, json_command, out
 
 
+@json_command
 def report(
     source: Annotated[Path, typer.Argument(help="Run folder (runs/NAME) or bundle folder or .tar.gz.")],
     out_path: Annotated[
@@ -17,6 +18,7 @@ def report(
         typer.Option("--out", "-o", help="Where to write the page (default: report.html in the run or bundle folder; "
                                          "beside an archive).")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
+    json_path: JsonOpt = None,
 ) -> None:
     """Write report.html: accuracy vs latency and size with the Pareto frontier, throughput, target devices,
     training curves, quantization and the confusion matrix, in one self-contained file.
@@ -29,6 +31,7 @@ def report(
 
     path = write_report(source, out_path)
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
+    emit({"report": str(path), "source": str(source)}, json_path)
     if open_:
         import webbrowser
 
