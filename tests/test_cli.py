@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from edgetl.cli import app
 
-COMMANDS = ["run", "finetune", "export", "validate", "bench", "ship", "verify", "predict", "backbones", "env"]
+COMMANDS = ["run", "finetune", "export", "validate", "bench", "ship", "verify", "predict", "report", "backbones",
+            "env"]
 
 
 def _edgetl(*args, cwd=None):
@@ -115,3 +116,10 @@ def test_error_messages_keep_square_brackets(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, stderr = _main(monkeypatch, capsys, "run", "--set", "quantize.methods=['onnx-int9']")
     assert code == 2 and "quantize.methods[0]" in stderr and "onnx-int9" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_finetune_refuses_a_users_own_model_in_one_line(tmp_path, tiny_exports):
+    model = tiny_exports["onnxruntime:CPUExecutionProvider"]
+    result = _edgetl("finetune", "--set", f"model.source='{model}'", cwd=tmp_path)
+    assert result.returncode == 1 and "nothing to fine-tune" in result.stderr and "edgetl run" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs" / "fashion-mnist-lite0" / "finetune").exists()

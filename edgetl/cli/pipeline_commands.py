@@ -89,6 +89,9 @@ def finetune(recipe: RecipeArg = None, set_: SetOpt = None, quiet: QuietOpt = Fa
     from .console import print_transfer
 
     stages, ctx = stages_context(recipe, set_, quiet)
+    if ctx.recipe.model.source:
+        raise EdgetlError(f"model.source is your own model ({ctx.recipe.model.source}): there is nothing to fine-tune; "
+                          "`edgetl run RECIPE` imports, validates, benches and ships it")
     check_scratch(ctx.recipe)  # before the teacher trains
     result = stages.finetune_stage(ctx)
     scratch_stage(ctx)
