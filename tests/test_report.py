@@ -25,7 +25,7 @@ from edgetl.bench.stats import summarize
 from edgetl.bench.timing import BenchResult
 from edgetl.errors import EdgetlError
 from edgetl.report import collect, render_html, write_report
-from edgetl.report.figures import _frontier
+from edgetl.report.plotting import frontier as _frontier
 from edgetl.report.record import class_errors
 from edgetl.settings import GateConfig
 from edgetl.validate import validate

@@ -30,7 +30,7 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
                           validation=validation[a.name], benchmark=benchmarks.get(a.name)) for a in chosen]
     model_key = chosen[0].model
     bench = ctx.task.bench_inputs(ctx, model_key)
-    return ship(artifacts, name=ctx.recipe.ship.name or ctx.recipe.run.name, output_dir=Path(ctx.recipe.ship.output_dir),
+    return ship(artifacts, name=bundle_folder(ctx).name, output_dir=bundle_folder(ctx).parent,
                 labels=ctx.model(TEACHER)[1]["classes"], preprocess=ctx.preprocess_of(model_key),
                 recipe_toml=ctx.recipe.to_toml(), recipe_hash=ctx.recipe.section_hash(),
                 card=card(ctx, chosen, decisions),
@@ -42,13 +42,17 @@ def ship_stage(ctx: RunContext, validation: dict | None = None, benchmarks: dict
                 output_dim=ctx.reference_logits(model_key).shape[1] if ctx.task.output != "logits" else None)
 
 
+def bundle_folder(ctx: RunContext) -> Path:
+    """Where the run's bundle goes: ``ship.output_dir/<ship.name or run.name>``."""
+    return Path(ctx.recipe.ship.output_dir) / (ctx.recipe.ship.name or ctx.recipe.run.name)
+
+
 def report_files(ctx: RunContext, summary: dict[str, Any]) -> dict[str, Path]:
     """``report.html`` (and the ``report.json`` it is drawn from) for the run folder, to ship in the bundle too:
     {name in the bundle: file}. The summary is the run's so far (what ``summary.json`` will hold)."""
     from ..report import REPORT_HTML, REPORT_JSON, write_report
 
-    bundle = Path(ctx.recipe.ship.output_dir) / (ctx.recipe.ship.name or ctx.recipe.run.name)
-    page = write_report(ctx.run_dir, summary={**summary, "bundle": str(bundle)})
+    page = write_report(ctx.run_dir, summary={**summary, "bundle": str(bundle_folder(ctx))})
     return {REPORT_HTML: page, REPORT_JSON: ctx.run_dir / REPORT_JSON}
 
 

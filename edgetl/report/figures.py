@@ -12,23 +12,16 @@ each figure's element ids carry the figure's key, so several SVGs live in one pa
 
 from __future__ import annotations
 
-import io
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EdgetlError
+from . import plotting
 
 # One colour per runtime family (the part before ':'), one marker per model.
-RUNTIME_COLOURS = {"torch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#9467bd"}
-_SPARE_COLOURS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-MODEL_MARKERS = {"teacher": "o", "student": "^"}
 _TARGET_COLOURS = ("#ff7f0e", "#2ca02c", "#d62728", "#17becf", "#8c564b", "#e377c2")
 _HOST_COLOUR = "#7f7f7f"
 _KEPT_COLOUR, _INT8_COLOUR = "#d62728", "#1f77b4"
-_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "edgetl", "font.size": 9, "axes.titlesize": 10,
-          "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "legend.framealpha": 0.85}
 _FRONTIER_LABEL = "Pareto frontier of the passing ones"
 _FRONTIER_OF_ONE = "Pareto frontier: one passing artifact\nbeats all the others on both"
 _MAX_LAYERS = 25  # the sensitivity ranking shows the most costly layers, then says how many more
@@ -61,17 +54,18 @@ def draw_all(record: dict[str, Any]) -> list[Drawn]:
 @_figure
 def accuracy_latency(record: dict[str, Any]) -> Drawn:
     """Accuracy (or agreement, without labels) against latency at batch 1, with the Pareto frontier."""
-    batch = _smallest_batch(record)
-    quality, _ = _quality(record)
+    batch = plotting.smallest_batch(record)
+    quality, _ = plotting.quality(record)
     title = f"{quality.capitalize()} vs latency (batch {batch or 1})"
-    return _tradeoff(record, "accuracy-latency", title, lambda a: _latency(a, batch), f"median latency at batch "
-                     f"{batch or 1} (ms)", "no artifact has both a latency and a measured accuracy or agreement")
+    return _tradeoff(record, "accuracy-latency", title, lambda a: plotting.latency(a, batch),
+                     f"median latency at batch {batch or 1} (ms)",
+                     "no artifact has both a latency and a measured accuracy or agreement")
 
 
 @_figure
 def accuracy_size(record: dict[str, Any]) -> Drawn:
     """The same trade-off against the model's file size (torch models have none)."""
-    quality, _ = _quality(record)
+    quality, _ = plotting.quality(record)
     return _tradeoff(record, "accuracy-size", f"{quality.capitalize()} vs model size", lambda a: a.get("size_mb"),
                      "model size (MB, files shipped)", "no artifact has a recorded file size")
 
@@ -82,26 +76,28 @@ def throughput(record: dict[str, Any]) -> Drawn:
     batches = {s["batch_size"] for a in record["artifacts"] for s in a["latency"]}
     batch = 8 if 8 in batches else max(batches, default=None)
     title = f"Throughput at batch {batch or 8}"
-    rows = [(a, _stat(a, batch, "throughput")) for a in record["artifacts"]]
+    rows = [(a, plotting.stat(a, batch, "throughput")) for a in record["artifacts"]]
     rows = sorted([(a, value) for a, value in rows if value], key=lambda row: row[1])
     if not rows:
         return Drawn("throughput", title, note="no artifact was benchmarked")
-    mpl, Figure = _matplotlib()
-    with mpl.rc_context(_STYLE):
+    mpl, Figure = plotting.matplotlib_module()
+    with mpl.rc_context(plotting.STYLE):
         fig = Figure(figsize=(8, 1.2 + 0.32 * len(rows)))
         ax = fig.subplots()
         for y, (artifact, value) in enumerate(rows):
-            ax.barh(y, value, color=_runtime_colour(artifact["runtime"]), alpha=1.0 if artifact["passed"] else 0.45,
+            ax.barh(y, value, color=plotting.runtime_colour(artifact["runtime"]),
+                    alpha=1.0 if artifact["passed"] else 0.45,
                     hatch=None if artifact["passed"] else "//", edgecolor="black" if artifact["default"] else "none",
                     linewidth=1.5)
             ax.text(value, y, f" {value:,.0f}/s", va="center", fontsize=7)
-        ax.set_yticks(range(len(rows)), [_name_with_status(a) for a, _ in rows], fontsize=7)
+        ax.set_yticks(range(len(rows)), [plotting.name_with_status(a) for a, _ in rows], fontsize=7)
         ax.set_xlabel(f"items per second at batch {batch} (higher is better)")
         ax.set_xlim(0, max(value for _, value in rows) * 1.18)
-        ax.legend(handles=_runtime_handles(mpl, [a for a, _ in rows]) + [_patch(mpl, "white", "failed the gate", "//")],
+        failed = plotting.patch(mpl, "white", "failed the gate", "//")
+        ax.legend(handles=plotting.runtime_handles(mpl, [a for a, _ in rows]) + [failed],
                   loc="lower right")
         ax.set_title(title)
-        return Drawn("throughput", title, svg=_svg(fig, "throughput"))
+        return Drawn("throughput", title, svg=plotting.svg_of(fig, "throughput"))
 
 
 @_figure
@@ -112,11 +108,11 @@ def target_latency(record: dict[str, Any]) -> Drawn:
     if not groups:
         return Drawn("targets", title, note="no target results: run `edgetl bench BUNDLE --target NAME`, then "
                                             "`edgetl report BUNDLE`")
-    mpl, Figure = _matplotlib()
+    mpl, Figure = plotting.matplotlib_module()
     targets = list(dict.fromkeys(bar["target"] for bars in groups.values() for bar in bars if bar["target"]))
     colours = {target: _TARGET_COLOURS[i % len(_TARGET_COLOURS)] for i, target in enumerate(targets)}
     rows = sum(len(bars) + 1 for bars in groups.values())  # a heading row per artifact, then its bars
-    with mpl.rc_context(_STYLE):
+    with mpl.rc_context(plotting.STYLE):
         fig = Figure(figsize=(8, 1.2 + 0.28 * rows))
         ax = fig.subplots()
         y, ticks, labels, values = 0, [], [], []
@@ -137,12 +133,12 @@ def target_latency(record: dict[str, Any]) -> Drawn:
         ax.set_ylim(y - 0.4, -0.6)  # top to bottom, in the record's order
         ax.set_xlabel("median latency at the smallest batch measured (ms, lower is better)")
         ax.set_xlim(0, max(values) * 1.2)
-        handles = [_patch(mpl, _HOST_COLOUR, "this host (the run's\nbench stage)")]
-        handles += [_patch(mpl, colours[t], t) for t in targets]
-        handles += [_patch(mpl, "white", "failed validation\non the device", "//")]
+        handles = [plotting.patch(mpl, _HOST_COLOUR, "this host (the run's\nbench stage)")]
+        handles += [plotting.patch(mpl, colours[t], t) for t in targets]
+        handles += [plotting.patch(mpl, "white", "failed validation\non the device", "//")]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title(title)
-        return Drawn("targets", title, svg=_svg(fig, "targets"))
+        return Drawn("targets", title, svg=plotting.svg_of(fig, "targets"))
 
 
 @_figure
@@ -161,8 +157,8 @@ def training_curves(record: dict[str, Any]) -> Drawn:
     if not columns:
         return Drawn("training", title, note="no training history (the model came from model.source, or the bundle "
                                              "carries no report.json)")
-    mpl, Figure = _matplotlib()
-    with mpl.rc_context(_STYLE):
+    mpl, Figure = plotting.matplotlib_module()
+    with mpl.rc_context(plotting.STYLE):
         fig = Figure(figsize=(5.2 * len(columns), 6.4), layout="constrained")
         axes = fig.subplots(2, len(columns), squeeze=False)
         for column, (heading, series) in enumerate(columns):
@@ -187,7 +183,7 @@ def training_curves(record: dict[str, Any]) -> Drawn:
             for ax in (loss_ax, accuracy_ax):
                 ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
         fig.suptitle(title)
-        return Drawn("training", title, svg=_svg(fig, "training"))
+        return Drawn("training", title, svg=plotting.svg_of(fig, "training"))
 
 
 @_figure
@@ -201,9 +197,9 @@ def layer_sensitivity(record: dict[str, Any]) -> Drawn:
         return Drawn("sensitivity", title, note="no accuracy-aware INT8 search in this run (quantize.methods has no "
                      "onnx-int8-static-acc)" if none else "every accuracy-aware INT8 model passed with all layers "
                      "INT8: no layer had to stay FP32")
-    mpl, Figure = _matplotlib()
+    mpl, Figure = plotting.matplotlib_module()
     costed = all(s.get("layer_costs") for s in searches)
-    with mpl.rc_context(_STYLE):
+    with mpl.rc_context(plotting.STYLE):
         if costed:
             heights = [min(len(s["layer_costs"]), _MAX_LAYERS) for s in searches]
             fig = Figure(figsize=(8.5, 1.0 + sum(0.22 * h + 0.9 for h in heights)), layout="constrained")
@@ -218,7 +214,7 @@ def layer_sensitivity(record: dict[str, Any]) -> Drawn:
         fig.suptitle(title)
         note = None if costed else ("this edgetl version did not record each layer's cost: the FP32 layers are listed "
                                     "below, most sensitive first")
-        return Drawn("sensitivity", title, svg=_svg(fig, "sensitivity"), note=note)
+        return Drawn("sensitivity", title, svg=plotting.svg_of(fig, "sensitivity"), note=note)
 
 
 @_figure
@@ -234,9 +230,9 @@ def confusion_matrix(record: dict[str, Any]) -> Drawn:
     labels = record.get("labels") or []
     names = labels if len(labels) == size else [str(i) for i in range(size)]
     shares = [[100.0 * count / max(sum(row), 1) for count in row] for row in matrix]
-    mpl, Figure = _matplotlib()
+    mpl, Figure = plotting.matplotlib_module()
     inches = min(4.5 + 0.35 * size, 13.0)
-    with mpl.rc_context({**_STYLE, "axes.grid": False}):
+    with mpl.rc_context({**plotting.STYLE, "axes.grid": False}):
         fig = Figure(figsize=(inches + 1.5, inches), layout="constrained")
         ax = fig.subplots()
         image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=100)
@@ -254,7 +250,7 @@ def confusion_matrix(record: dict[str, Any]) -> Drawn:
         fig.colorbar(image, ax=ax, label="% of the true class", shrink=0.8)
         samples = confusion.get("samples") or sum(map(sum, matrix))
         ax.set_title(f"{title}: {samples} test samples" + (", counts in the cells" if size <= 15 else ""))
-        return Drawn("confusion", title, svg=_svg(fig, "confusion"))
+        return Drawn("confusion", title, svg=plotting.svg_of(fig, "confusion"))
 
 
 # -- shared pieces -------------------------------------------------------------------------------------------
@@ -262,24 +258,25 @@ def _tradeoff(record: dict[str, Any], key: str, title: str, x_of: Callable[[dict
               empty: str) -> Drawn:
     """A scatter of quality against ``x_of`` (lower is better), one colour per runtime and one marker per model,
     failed artifacts hollow, the passing Pareto frontier, the shipped artifacts ringed and the gate drawn."""
-    quality, ylabel = _quality(record)
-    points = [(a, x_of(a), _quality_value(a, quality)) for a in record["artifacts"]]
+    quality, ylabel = plotting.quality(record)
+    points = [(a, x_of(a), plotting.quality_value(a, quality)) for a in record["artifacts"]]
     points = [(a, x, y) for a, x, y in points if x and y is not None]
     if not points:
         return Drawn(key, title, note=empty)
-    mpl, Figure = _matplotlib()
-    gates = _gate_lines(record, quality)
+    mpl, Figure = plotting.matplotlib_module()
+    gates = plotting.gate_lines(record, quality)
     passing = [(x, y) for a, x, y in points if a["passed"]]
     top = max(y for _, _, y in points)
     core = min([y for _, y in passing] + [value for value, _ in gates] or [y for _, _, y in points])
     span = max(top - core, 1.0)
     low, high = core - 0.3 * span, top + 0.2 * span
-    with mpl.rc_context(_STYLE):
+    with mpl.rc_context(plotting.STYLE):
         fig = Figure(figsize=(8.5, 5.2))
         ax = fig.subplots()
         below = 0
         for artifact, x, y in points:
-            colour, marker = _runtime_colour(artifact["runtime"]), MODEL_MARKERS.get(artifact["model"], "s")
+            colour = plotting.runtime_colour(artifact["runtime"])
+            marker = plotting.MODEL_MARKERS.get(artifact["model"], "s")
             shown = max(y, low + 0.03 * (high - low))
             if y < low:  # far below the gate: drawn at the bottom edge, pointing down, its value stacked above
                 marker, below = "v", below + 1
@@ -287,7 +284,7 @@ def _tradeoff(record: dict[str, Any], key: str, title: str, x_of: Callable[[dict
                             textcoords="offset points", fontsize=6.5, color=colour)
             ax.scatter([x], [shown], s=55, marker=marker, linewidths=1.4, zorder=3,
                        facecolors=colour if artifact["passed"] else "none", edgecolors=colour)
-        frontier = _frontier(passing)
+        frontier = plotting.frontier(passing)
         if len(frontier) > 1:
             ax.step([x for x, _ in frontier], [y for _, y in frontier], where="post", color="black", alpha=0.55,
                     linewidth=1.2, zorder=2)
@@ -317,59 +314,15 @@ def _tradeoff(record: dict[str, Any], key: str, title: str, x_of: Callable[[dict
         ax.set_ylim(low, high)
         ax.set_xlabel(xlabel + " (lower is better)")
         ax.set_ylabel(ylabel)
-        handles = _runtime_handles(mpl, [a for a, _, _ in points]) + _model_handles(mpl, [a for a, _, _ in points])
+        shown_artifacts = [a for a, _, _ in points]
+        handles = plotting.runtime_handles(mpl, shown_artifacts) + plotting.model_handles(mpl, shown_artifacts)
         handles += [mpl.lines.Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black",
                                      label="hollow: failed the gate"),
                     mpl.lines.Line2D([], [], color="black", alpha=0.55, label=_FRONTIER_LABEL if len(frontier) > 1
                                      else _FRONTIER_OF_ONE)]
         ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax.set_title(title)
-        return Drawn(key, title, svg=_svg(fig, key))
-
-
-def _quality(record: dict[str, Any]) -> tuple[str, str]:
-    """What the y axis shows: test accuracy when the data has labels, else agreement with the reference."""
-    if any(a.get("accuracy") is not None for a in record["artifacts"]):
-        return "accuracy", "test accuracy (%)"
-    return "agreement", "agreement with the FP32 reference (%)"
-
-
-def _quality_value(artifact: dict[str, Any], quality: str) -> float | None:
-    if quality == "accuracy":
-        return artifact.get("accuracy")
-    return artifact["agreement"] * 100 if artifact.get("agreement") is not None else None
-
-
-def _gate_lines(record: dict[str, Any], quality: str) -> list[tuple[float, str]]:
-    """(y, label) of the gate: per model, its FP32 reference's accuracy less ``max_accuracy_drop`` (and the
-    absolute floor); for agreement, ``min_agreement``."""
-    gate = record.get("gate") or {}
-    lines = []
-    if quality == "agreement":
-        if gate.get("min_agreement") is not None:
-            lines.append((gate["min_agreement"] * 100, f"gate: agreement ≥ {gate['min_agreement']:.1%}"))
-        return lines
-    references = {}
-    for artifact in record["artifacts"]:
-        if artifact.get("reference_accuracy") is not None:
-            references.setdefault(artifact["model"], artifact["reference_accuracy"])
-    drop = gate.get("max_accuracy_drop")
-    if drop is not None:
-        for model, reference in references.items():
-            label = f"{model} gate: ≥ {reference - drop:.2f}% ({drop:g} pt below its FP32 {reference:.2f}%)"
-            lines.append((reference - drop, label))
-    if gate.get("min_accuracy"):
-        lines.append((gate["min_accuracy"], f"gate: accuracy floor {gate['min_accuracy']:.2f}%"))
-    return lines
-
-
-def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The Pareto frontier of (cost, quality) points: lower cost, higher quality; cheapest first."""
-    frontier: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not frontier or y > frontier[-1][1]:
-            frontier.append((x, y))
-    return frontier
+        return Drawn(key, title, svg=plotting.svg_of(fig, key))
 
 
 def _target_groups(record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -384,7 +337,7 @@ def _target_groups(record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
             first = min(stats, key=lambda s: s["batch_size"])
             name = rt.get("artifact") or rt["runtime"]
             bars = groups.setdefault(name, [])
-            host = _latency(by_name[name], first["batch_size"]) if name in by_name else None
+            host = plotting.latency(by_name[name], first["batch_size"]) if name in by_name else None
             if host and not any(bar["target"] is None for bar in bars):
                 bars.insert(0, {"target": None, "ms": host, "passed": by_name[name]["passed"],
                                 "label": f"this host, {by_name[name]['runtime']}, batch {first['batch_size']}"})
@@ -417,13 +370,14 @@ def _costs_panel(mpl, ax, search: dict[str, Any]) -> None:
     kept = set(search.get("fp32_layers") or [])
     values = [(1 - c["agreement"]) * 100 for c in costs]
     ax.barh(range(len(costs)), values, color=[_KEPT_COLOUR if c["layer"] in kept else _INT8_COLOUR for c in costs])
-    ax.set_yticks(range(len(costs)), [_short(c["layer"]) for c in costs], fontsize=6.5)
+    ax.set_yticks(range(len(costs)), [plotting.short_layer(c["layer"]) for c in costs], fontsize=6.5)
     ax.invert_yaxis()
     more = len(search["layer_costs"]) - len(costs)
     ax.set_xlabel("top-1 disagreement with FP32 when only this layer is INT8 (%)"
                   + (f"; {more} less sensitive layers not shown" if more > 0 else ""))
     ax.set_title(_search_title(search), fontsize=9)
-    ax.legend(handles=[_patch(mpl, _KEPT_COLOUR, "kept in FP32"), _patch(mpl, _INT8_COLOUR, "quantized to INT8")],
+    ax.legend(handles=[plotting.patch(mpl, _KEPT_COLOUR, "kept in FP32"),
+                       plotting.patch(mpl, _INT8_COLOUR, "quantized to INT8")],
               loc="lower right")
 
 
@@ -456,72 +410,23 @@ def _search_title(search: dict[str, Any]) -> str:
     return words
 
 
-def _short(layer: str, width: int = 42) -> str:
-    return layer if len(layer) <= width else "…" + layer[-(width - 1):]
 
 
-def _name_with_status(artifact: dict[str, Any]) -> str:
-    if artifact["default"]:
-        return f"★ {artifact['name']} (shipped, default)"
-    return artifact["name"] + (" (shipped)" if artifact["status"] == "shipped" else "")
 
 
-def _smallest_batch(record: dict[str, Any]) -> int | None:
-    batches = {s["batch_size"] for a in record["artifacts"] for s in a["latency"]}
-    return 1 if 1 in batches else min(batches, default=None)
 
 
-def _stat(artifact: dict[str, Any], batch: int | None, key: str) -> float | None:
-    return next((s.get(key) for s in artifact["latency"] if s["batch_size"] == batch), None)
 
 
-def _latency(artifact: dict[str, Any], batch: int | None) -> float | None:
-    return _stat(artifact, batch, "median_ms")
 
 
-def _runtime_colour(runtime: str | None) -> str:
-    family = (runtime or "?").split(":")[0]
-    if family in RUNTIME_COLOURS:
-        return RUNTIME_COLOURS[family]
-    return _SPARE_COLOURS[sum(map(ord, family)) % len(_SPARE_COLOURS)]
 
 
-def _runtime_handles(mpl, artifacts: list[dict[str, Any]]) -> list:
-    families = dict.fromkeys((a["runtime"] or "?").split(":")[0] for a in artifacts)
-    return [_patch(mpl, _runtime_colour(family), family) for family in families]
 
 
-def _model_handles(mpl, artifacts: list[dict[str, Any]]) -> list:
-    models = dict.fromkeys(a["model"] for a in artifacts)
-    return [mpl.lines.Line2D([], [], marker=MODEL_MARKERS.get(model, "s"), linestyle="", color="black",
-                             label=model) for model in models]
 
 
-def _patch(mpl, colour: str, label: str, hatch: str | None = None):
-    return mpl.patches.Patch(facecolor=colour, edgecolor="black" if hatch else colour, hatch=hatch, label=label)
 
 
-def _matplotlib():
-    """(the matplotlib module with its lines and patches loaded, the Figure class); an EdgetlError saying what to
-    install when it is missing."""
-    try:
-        import matplotlib
-        import matplotlib.lines
-        import matplotlib.patches
-        import matplotlib.ticker
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise EdgetlError("drawing the report needs matplotlib: pip install matplotlib (it comes with "
-                          "edgetl's `train` extra)") from None
-    return matplotlib, Figure
 
 
-def _svg(fig, key: str) -> str:
-    """The figure as an inline <svg> element: no XML header or metadata, ids prefixed with ``key``."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = buffer.getvalue().decode("utf-8")
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], flags=re.DOTALL)
-    text = re.sub(r'\bid="([^"]+)"', rf'id="{key}-\1"', text)
-    text = re.sub(r"url\(#([^)]+)\)", rf"url(#{key}-\1)", text)
-    return re.sub(r'href="#([^"]+)"', rf'href="#{key}-\1"', text)
