@@ -80,7 +80,10 @@ def test_rounds_interleave_every_candidate_in_a_rotating_order():
     machine = NoisyMachine()
     calls = {name: (lambda n=name: (order.append(n), machine.model(1.0)())) for name in "abc"}
     slept: list[float] = []
-    times = interleaved_rounds(calls, rounds=6, calls_per_round=2, warmup=1, clock=machine, sleep=slept.append)
+    finished: list[int] = []
+    times = interleaved_rounds(calls, rounds=6, calls_per_round=2, warmup=1, clock=machine, sleep=slept.append,
+                               on_round=finished.append)
+    assert finished == [1, 2, 3, 4, 5, 6]  # after each round, outside the timed calls
     assert slept == [SETTLE_SECONDS] * 18  # a pause before every turn: the previous model's threads go idle
     assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
     firsts = [order[i * 9] for i in range(6)]  # 3 candidates x (1 warm-up + 2 timed) per round

@@ -88,11 +88,13 @@ def interleaved_rounds(
     settle_s: float = SETTLE_SECONDS,
     clock: Callable[[], int] = time.perf_counter_ns,
     sleep: Callable[[float], None] = time.sleep,
+    on_round: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Per candidate, one time per round in milliseconds: the median of ``calls_per_round`` timed calls after
     ``settle_s`` seconds of pause (the previous model's threads go idle) and ``warmup`` untimed calls (caches warmed
     after the switch). Every round times every candidate back to back; the order rotates by one each round, so no
-    candidate always follows the same one."""
+    candidate always follows the same one. ``on_round(n)`` is called after round n (1-based), outside the timed
+    calls (a progress bar's step)."""
     if rounds < MIN_ROUNDS:
         raise ValueError(f"rounds must be at least {MIN_ROUNDS} for a 95% interval, got {rounds}")
     if calls_per_round < 1 or warmup < 0:
@@ -117,6 +119,8 @@ def interleaved_rounds(
                     call()
                     samples.append((clock() - start) / 1e6)
                 times[name].append(statistics.median(samples))
+            if on_round is not None:
+                on_round(index + 1)
     finally:
         if was_enabled:
             gc.enable()

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
-import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 from .._io import is_fresh, read_json, write_json
 from .context import RunContext
 from .transfer import without_scratch
-
-if TYPE_CHECKING:
-    from ..progress import Steps
 
 RACE_FILE = "race.json"
 
@@ -65,26 +60,8 @@ def race(ctx: RunContext, candidates: list) -> dict[str, Any]:
             calls[artifact.name] = functools.partial(timed.predict, batch)
         bar = stack.enter_context(ctx.steps(config.race_rounds, "race round"))
         times = interleaved_rounds(calls, rounds=config.race_rounds, calls_per_round=config.race_calls,
-                                   warmup=max(1, min(config.warmup, 3)), sleep=_counting_rounds(bar, len(calls)))
-        while bar.done < bar.total:  # the last round (every round, without a settling pause)
-            bar.advance()
+                                   warmup=max(1, min(config.warmup, 3)), on_round=lambda _: bar.advance())
     return {"batch_size": batch_size, "rounds": config.race_rounds, "calls_per_round": config.race_calls,
             "threads": config.threads, "margin": config.race_margin, "settle_s": SETTLE_SECONDS, "times_ms": times,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-
-def _counting_rounds(bar: Steps, candidates: int,
-                     sleep: Callable[[float], None] = time.sleep) -> Callable[[float], None]:
-    """``interleaved_rounds``' settling pause, which also advances ``bar`` once per finished round.
-
-    The rounds loop pauses before each candidate's calls (``candidates`` pauses a round) and times nothing during the
-    pause, so a step drawn there costs no candidate any time; the last round has no pause after it."""
-    pauses = itertools.count()
-
-    def settle(seconds: float) -> None:
-        index = next(pauses)
-        if index and index % candidates == 0:
-            bar.advance()
-        sleep(seconds)
-
-    return settle
